@@ -1,0 +1,226 @@
+"""Configuration: two small dataclasses, named presets, and type-checked command-line overrides.
+
+    python train.py --config small --max_iters 200 --lr 3e-4 --n_layer 6
+
+Every `--key value` names a field of RunConfig or of its ModelConfig (the names never clash), and
+the value is converted to that field's type. Mistakes get one line and exit code 2 (ConfigError).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Optional
+
+
+class ConfigError(ValueError):
+    """A bad preset, key or value. Entry points print it on one line and exit with code 2."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 4096
+    block_size: int = 256  # context length in tokens
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
+    attention: str = "sdpa"  # "sdpa" (fast: F.scaled_dot_product_attention) or "reference" (the formula)
+
+    def __post_init__(self):
+        if self.attention not in ("sdpa", "reference"):
+            raise ConfigError(f"attention must be 'sdpa' or 'reference', got {self.attention!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs besides the model shape. Stage-specific fields carry a prefix."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    out_dir: str = "runs/small"
+    data_dir: str = "data"
+    device: str = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
+    dtype: str = "auto"  # "auto" (bfloat16 on CUDA, float32 on CPU), "float32" or "bfloat16"
+    compile: bool = False  # torch.compile the model (CUDA)
+    seed: int = 1337
+    # data and tokenizer
+    corpus: Optional[str] = None  # a folder or file of Python code; None = the stdlib
+    corpus_max_bytes: int = 0  # 0 = no limit
+    tokenizer_backend: str = "minilm"  # "minilm" (our trainer) or "tokenizers" (the library)
+    tokenizer_pattern: str = "gpt2"
+    task_seed: int = 0
+    # pretraining
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_iters: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 200
+    eval_iters: int = 20
+    log_interval: int = 20
+    # fine-tuning
+    finetune: str = "lora"  # "lora", "full" or "top_k"
+    ft_max_iters: int = 500
+    ft_batch_size: int = 16
+    ft_lr: float = 2e-3
+    ft_warmup_iters: int = 20
+    ft_eval_interval: int = 100
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "all-linear"
+    top_k_layers: int = 1
+    patience: int = 3  # evaluations without improvement before early stopping
+    # evaluation
+    eval_max_new_tokens: int = 128
+    eval_tasks_per_split: int = 100
+
+
+PRESETS: dict[str, RunConfig] = {
+    # A few seconds on a CPU: what the tests and CI's pipeline smoke run use.
+    "tiny": RunConfig(
+        model=ModelConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64),
+        out_dir="runs/tiny", corpus_max_bytes=200_000, batch_size=8, max_iters=20, warmup_iters=5,
+        eval_interval=10, eval_iters=2, log_interval=5, ft_max_iters=10, ft_batch_size=8,
+        ft_warmup_iters=2, ft_eval_interval=5, eval_max_new_tokens=32, eval_tasks_per_split=5,
+    ),
+    # The default CPU run: the whole pipeline in at most 15 minutes on 2 cores.
+    "small": RunConfig(
+        model=ModelConfig(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=256),
+        out_dir="runs/small",
+    ),
+    # A GPU run between small and GPT-2.
+    "medium": RunConfig(
+        model=ModelConfig(vocab_size=8192, block_size=512, n_layer=8, n_head=8, n_embd=512),
+        out_dir="runs/medium", batch_size=32, max_iters=5000, lr=6e-4, min_lr=6e-5,
+        warmup_iters=200, eval_interval=500, ft_max_iters=1000, ft_batch_size=32,
+    ),
+    # GPT-2 124M shapes, for a GPU.
+    "gpt2": RunConfig(
+        model=ModelConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768),
+        out_dir="runs/gpt2", batch_size=16, grad_accum=8, max_iters=20000, lr=6e-4, min_lr=6e-5,
+        warmup_iters=700, eval_interval=1000, ft_max_iters=2000, ft_batch_size=32,
+    ),
+}
+
+
+def _field_types(cls) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if f.name != "model"}
+
+
+def _convert(key: str, raw: str, typ) -> object:
+    """Convert a command-line string to the field's type, or raise ConfigError naming the key."""
+    optional = typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ)
+    if optional:
+        if raw.lower() in ("none", "null", ""):
+            return None
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    try:
+        if typ is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(raw)
+        if typ is float:
+            return float(raw)
+        return typ(raw)
+    except ValueError:
+        raise ConfigError(f"--{key} expects {typ.__name__}, got {raw!r}") from None
+
+
+def config_keys() -> list[str]:
+    return sorted([*_field_types(RunConfig), *_field_types(ModelConfig)])
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, str]) -> RunConfig:
+    """Return config with string overrides converted and applied; unknown keys raise ConfigError."""
+    run_types, model_types = _field_types(RunConfig), _field_types(ModelConfig)
+    run_changes, model_changes = {}, {}
+    for key, raw in overrides.items():
+        if key in run_types:
+            run_changes[key] = _convert(key, raw, run_types[key])
+        elif key in model_types:
+            model_changes[key] = _convert(key, raw, model_types[key])
+        else:
+            close = difflib.get_close_matches(key, config_keys(), n=1)
+            hint = f" (did you mean --{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown option --{key}{hint}; valid keys: {', '.join(config_keys())}")
+    return replace(config, model=replace(config.model, **model_changes), **run_changes)
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown config {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def parse_overrides(argv: list[str], flags: tuple[str, ...] = ()) -> tuple[dict[str, str], set[str]]:
+    """Split `--key value` / `--key=value` pairs from argv. Names in `flags` take no value.
+
+    A bare `--key` followed by another option (or nothing) means "true", for boolean fields.
+    Returns (overrides, flags that were given).
+    """
+    overrides, given = {}, set()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}; options look like --key value")
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key in flags:
+            given.add(key)
+        elif eq:
+            overrides[key] = value
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            overrides[key] = argv[i + 1]
+            i += 1
+        else:
+            overrides[key] = "true"
+        i += 1
+    return overrides, given
+
+
+def load_config(argv: list[str], options: Optional[dict] = None, default_preset: str = "small"):
+    """The entry points' parser: `--config NAME` picks a preset, other `--key value` override it.
+
+    `options` declares the script's own keys with their defaults, e.g. {"resume": False,
+    "stage": "all"}; a boolean default makes the key a flag that takes no value.
+    Returns (RunConfig, {option: value}).
+    """
+    options = dict(options or {})
+    flags = tuple(k for k, v in options.items() if isinstance(v, bool))
+    overrides, given = parse_overrides(argv, flags)
+    config = get_preset(overrides.pop("config", default_preset))
+    chosen = {k: (k in given) if isinstance(v, bool) else v for k, v in options.items()}
+    for key in list(overrides):
+        if key in options and key not in flags:
+            default = options[key]
+            typ = type(default) if default is not None else str
+            chosen[key] = _convert(key, overrides.pop(key), typ)
+    return apply_overrides(config, overrides), chosen
+
+
+def to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: dict) -> RunConfig:
+    """Inverse of to_dict, ignoring keys this version does not know (older/newer checkpoints)."""
+    model_keys = {f.name for f in fields(ModelConfig)}
+    run_keys = {f.name for f in fields(RunConfig)} - {"model"}
+    model = ModelConfig(**{k: v for k, v in data.get("model", {}).items() if k in model_keys})
+    return RunConfig(model=model, **{k: v for k, v in data.items() if k in run_keys})
