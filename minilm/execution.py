@@ -1,0 +1,463 @@
+"""Run generated code against its tests, without letting it hurt the machine that evaluates it.
+
+A candidate program is untrusted: a model can write an infinite loop, a fork, a 30 GB list or an
+`os.remove`. Each candidate runs like this:
+
+    evaluator --Popen--> launcher --fork/exec--> bwrap (namespaces) --> python -I harness.py
+                         (rlimits, subreaper)  \\-> python -I harness.py          (no bwrap: "limits")
+
+- a fresh temporary directory, removed afterwards, is the only place it may write;
+- resource limits (setrlimit): CPU seconds, address space, file size, open files, processes;
+- a launcher process that is a child subreaper: when the program ends or the wall-clock timeout
+  passes, it kills and reaps every descendant, even those that left the process group; the
+  evaluator then kills the launcher's process group as a backstop (no orphans, no zombies);
+- a minimal environment, stdin from /dev/null, no inherited file descriptors, output read
+  through a pipe and capped (printing megabytes costs nothing but the time);
+- with bubblewrap: a read-only view of the filesystem, a private /tmp, no network, its own PID
+  namespace (nothing outside is visible or killable) and --die-with-parent;
+- without bubblewrap ("limits"): the rlimits, the launcher, and a loud warning;
+- in both, an audit hook (PEP 578) in the harness refuses writes outside the directory, signals
+  to other processes, fork/exec/subprocess, sockets and ctypes: a guard against accidents, not a
+  security boundary. docs/sandbox.md says what each layer does and does not protect against.
+
+The harness reports a verdict through a file in the directory; a program that dies, exits or
+closes its output before the tests finish has no verdict and is reported "crashed".
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Optional, Sequence, Union
+
+STATUSES = ("passed", "failed", "timeout", "crashed", "syntax_error")
+ISOLATIONS = ("bwrap", "limits")
+OUTPUT_LIMIT = 8192  # bytes of the program's stdout/stderr kept in the result
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one candidate (each process it starts gets the same rlimits)."""
+    memory_mb: int = 1024  # address space (RLIMIT_AS): a 30 GB allocation fails with MemoryError
+    file_size_mb: int = 16  # largest file it may write (RLIMIT_FSIZE)
+    open_files: int = 256  # RLIMIT_NOFILE
+    max_processes: int = 64  # RLIMIT_NPROC above the user's current count; root is exempt (see docs)
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    status: str  # one of STATUSES
+    detail: str = ""  # the failing assertion, the exception, the signal, the limit hit
+    output: str = ""  # the start of what the program printed (OUTPUT_LIMIT bytes at most)
+    duration: float = 0.0  # wall-clock seconds, start of the process to its end
+    isolation: str = ""  # "bwrap" or "limits"
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+# ---------------------------------------------------------------- choosing the isolation
+@lru_cache(maxsize=None)
+def _bwrap_problem() -> Optional[str]:
+    """None when bubblewrap can start a sandbox here, else why it cannot (probed once)."""
+    path = shutil.which("bwrap")
+    if path is None:
+        return "bwrap is not installed (apt-get install bubblewrap)"
+    probe = [path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
+             "--die-with-parent", sys.executable, "-I", "-S", "-c", "pass"]
+    try:
+        done = subprocess.run(probe, stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"bwrap failed to start: {error}"
+    if done.returncode != 0:
+        return f"bwrap failed to start: {done.stderr.decode(errors='replace').strip()[:200]}"
+    return None
+
+
+def available_isolations() -> list[str]:
+    """The isolation modes this machine supports, strongest first."""
+    return ["limits"] if _bwrap_problem() else ["bwrap", "limits"]
+
+
+_warned = False
+
+
+def resolve_isolation(isolation: str = "auto") -> str:
+    """"auto" picks bwrap when it works and otherwise warns (once) and uses process limits alone."""
+    global _warned
+    if isolation not in ("auto",) + ISOLATIONS:
+        raise ValueError(f"unknown isolation {isolation!r}; use 'auto', 'bwrap' or 'limits'")
+    problem = _bwrap_problem() if isolation != "limits" else None
+    if isolation == "bwrap" and problem:
+        raise RuntimeError(f"isolation='bwrap' requested but {problem}")
+    if isolation == "auto" and problem:
+        if not _warned:
+            warnings.warn(f"SANDBOX WEAKENED: {problem}; generated code runs with process limits "
+                          "only, and can read the filesystem and use the network (docs/sandbox.md)",
+                          RuntimeWarning, stacklevel=3)
+            _warned = True
+        return "limits"
+    return "bwrap" if isolation == "auto" else isolation
+
+
+# ---------------------------------------------------------------- the programs that run
+# The launcher runs as `python -I -S -c LAUNCHER CONFIG`. It applies the rlimits to itself, so
+# everything it starts inherits them (no preexec_fn, which is unsafe with threads), becomes a
+# "child subreaper" (orphaned descendants are re-parented to it, even ones that left the process
+# group), starts bwrap or the harness, and when that ends, or on SIGTERM from the evaluator, kills
+# and reaps every descendant before it exits. It also stands between the evaluator and untrusted
+# code: `os.kill(os.getppid(), 9)` hits the launcher. A child killed by signal N is reported as
+# exit code 128 + N, as bwrap reports it.
+LAUNCHER = r"""
+import ctypes, json, os, resource, signal, sys, time
+config = json.loads(sys.argv[1])
+for name, value in config["rlimits"].items():
+    resource.setrlimit(getattr(resource, name), (value, value))
+try:
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+except Exception:
+    pass
+me = os.getpid()
+
+def children():
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                if int(f.read().rsplit(b")", 1)[1].split()[1]) == me:  # field 4: the parent pid
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+def kill_descendants():
+    # killed children are reaped here; their own children then become ours: repeat until none
+    while True:
+        for pid in children():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.001)
+        except ChildProcessError:
+            return
+
+def stop(signum, frame):
+    kill_descendants()
+    os._exit(128 + signum)
+
+signal.signal(signal.SIGTERM, stop)
+pid = os.fork()
+if pid == 0:
+    os.execv(config["argv"][0], config["argv"])
+status = os.waitpid(pid, 0)[1]
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+kill_descendants()
+os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+"""
+
+# The harness defines the candidate, then runs each test statement in its namespace.
+HARNESS = r"""
+import json, os, sys
+_open, _write, _close, _exit, _dumps = os.open, os.write, os.close, os._exit, json.dumps
+WORKDIR = os.getcwd()
+
+def verdict(status, detail=""):
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()  # os._exit below skips the interpreter's own flush
+        except BaseException:
+            pass
+    data = _dumps({"status": status, "detail": detail[:2000]}).encode()
+    fd = _open(os.path.join(WORKDIR, "verdict.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    _write(fd, data)
+    _close(fd)
+    _exit(0)  # no waiting for the candidate's threads or atexit handlers
+
+def describe(error):
+    try:
+        return f"{type(error).__name__}: {error}"[:1000]
+    except BaseException:
+        return type(error).__name__
+
+def install_guard(root):
+    realpath, getpid = os.path.realpath, os.getpid
+    WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    PATHS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,),
+             "os.chown": (0,), "os.truncate": (0,), "os.utime": (0,), "shutil.rmtree": (0,),
+             "os.rename": (0, 1), "os.symlink": (1,), "os.link": (1,)}
+    REFUSED = {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
+               "subprocess.Popen", "socket.connect", "socket.bind", "socket.sendto", "ctypes.dlopen"}
+
+    def inside(path):
+        if isinstance(path, int):
+            return True  # an already open descriptor: checked when it was opened
+        try:
+            path = realpath(os.fsdecode(path))
+        except Exception:
+            return False
+        return path == root or path.startswith(root + os.sep) or path == "/dev/null"
+
+    def hook(event, args):
+        if event == "open":
+            path, mode, flags = args
+            writing = (flags or 0) & WRITE or any(c in (mode or "") for c in "wax+")
+            if writing and not inside(path):
+                raise PermissionError(f"sandbox: writing {path!r} outside the working directory")
+        elif event in PATHS:
+            if not all(inside(args[i]) for i in PATHS[event]):
+                raise PermissionError(f"sandbox: {event} outside the working directory")
+        elif event in ("os.kill", "os.killpg"):
+            if args[0] not in (getpid(), 0):
+                raise PermissionError(f"sandbox: {event} of another process")
+        elif event in REFUSED:
+            raise PermissionError(f"sandbox: {event} is not allowed")
+    sys.addaudithook(hook)
+
+with open("job.json") as f:
+    job = json.load(f)
+with open("candidate.py", encoding="utf-8", errors="replace") as f:
+    source = f.read()
+try:
+    program = compile(source, "candidate.py", "exec")
+except BaseException as error:  # SyntaxError, ValueError (NUL bytes), RecursionError (deep nesting)
+    verdict("syntax_error", describe(error))
+tests = [compile(text, f"test_{i}", "exec") for i, text in enumerate(job["tests"])]
+if job["guard"]:
+    install_guard(os.path.realpath(WORKDIR))
+namespace = {"__name__": "__candidate__"}
+try:
+    exec(program, namespace)
+except BaseException as error:
+    verdict("crashed", "while defining the program: " + describe(error))
+for text, test in zip(job["tests"], tests):
+    try:
+        exec(test, namespace)
+    except AssertionError as error:
+        verdict("failed", text + (f"  ({describe(error)})" if str(error) else ""))
+    except BaseException as error:
+        verdict("crashed", f"{text}: {describe(error)}")
+verdict("passed")
+"""
+
+
+def _processes_of_this_user() -> int:
+    uid, count = os.getuid(), 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                count += os.stat(f"/proc/{entry}").st_uid == uid
+            except OSError:
+                pass
+    return count
+
+
+def _rlimits(limits: Limits, timeout: float) -> dict[str, int]:
+    cpu = math.ceil(timeout) + 1  # CPU seconds can only fall short of wall seconds per process
+    rlimits = {"RLIMIT_CPU": cpu, "RLIMIT_AS": limits.memory_mb << 20,
+               "RLIMIT_FSIZE": limits.file_size_mb << 20, "RLIMIT_NOFILE": limits.open_files,
+               "RLIMIT_CORE": 0}
+    if os.geteuid() != 0:  # RLIMIT_NPROC counts all of the user's processes and never binds root
+        rlimits["RLIMIT_NPROC"] = _processes_of_this_user() + limits.max_processes
+    return rlimits
+
+
+def _command(workdir: str, isolation: str, limits: Limits, timeout: float) -> list[str]:
+    harness = [sys.executable, "-I", "-B", "harness.py"]
+    if isolation == "bwrap":
+        inner = [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                 "--tmpfs", "/tmp", "--bind", workdir, workdir, "--unshare-all",
+                 "--die-with-parent", "--chdir", workdir, *harness]
+    else:
+        inner = harness
+    config = {"rlimits": _rlimits(limits, timeout), "argv": inner}
+    return [sys.executable, "-I", "-S", "-B", "-c", LAUNCHER, json.dumps(config)]
+
+
+def _environment(workdir: str) -> dict[str, str]:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
+            "LANG": "C.UTF-8"}
+
+
+def _kill_group(pgid: int, wait: float = 0.0):
+    """SIGKILL every process in the group; with wait > 0, repeat until the group is empty.
+
+    Killed processes exit asynchronously; a group stays non-empty until the last one is reaped.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.002)
+
+
+def _remove(workdir: str):
+    def make_writable_and_retry(function, path, _):
+        # a candidate may chmod 000 its own files; as a non-root user rmtree then needs this
+        os.chmod(os.path.dirname(path), 0o700)
+        if os.path.isdir(path):
+            os.chmod(path, 0o700)
+        function(path)
+    shutil.rmtree(workdir, onerror=make_writable_and_retry)
+
+
+class _OutputReader:
+    """Keeps the first OUTPUT_LIMIT bytes the program writes to its pipe and counts the rest."""
+
+    def __init__(self, pipe: int):
+        self.pipe, self.kept, self.total, self.open = pipe, bytearray(), 0, True
+        os.set_blocking(pipe, False)
+
+    def read(self, max_reads: int = 1) -> None:
+        for _ in range(max_reads):
+            try:
+                chunk = os.read(self.pipe, 1 << 16)
+            except BlockingIOError:
+                return
+            if not chunk:  # every writer closed its end
+                self.open = False
+                return
+            self.total += len(chunk)
+            self.kept += chunk[:max(0, OUTPUT_LIMIT - len(self.kept))]
+
+    def text(self) -> str:
+        text = self.kept.decode("utf-8", errors="replace")
+        if self.total > len(self.kept):
+            text += f"\n[... {self.total - len(self.kept)} more bytes of output dropped]"
+        return text
+
+
+def _wait(proc: subprocess.Popen, reader: _OutputReader, timeout: float) -> bool:
+    """Read output until the process exits (True) or the deadline passes (False).
+
+    The process is left unreaped, so its process group id cannot be reused before _kill_group.
+    """
+    deadline = time.monotonic() + timeout
+    selector = selectors.DefaultSelector()
+    selector.register(reader.pipe, selectors.EVENT_READ, "pipe")
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+        selector.register(pidfd, selectors.EVENT_READ, "exit")
+    except (AttributeError, OSError):  # pre-5.3 kernels: poll for the exit instead
+        pidfd = None
+    try:
+        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            wait = remaining if pidfd is not None else min(remaining, 0.01)
+            for key, _ in selector.select(wait):
+                if key.data == "pipe":
+                    reader.read()
+                    if not reader.open:
+                        selector.unregister(reader.pipe)
+        return True
+    finally:
+        selector.close()
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _read_verdict(workdir: str) -> Optional[dict]:
+    try:
+        with open(os.path.join(workdir, "verdict.json"), "rb") as f:
+            verdict = json.loads(f.read(1 << 16))
+        return verdict if verdict.get("status") in STATUSES else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _classify(timed_out: bool, verdict: Optional[dict], returncode: int, timeout: float):
+    if verdict is not None:  # the harness finished: its verdict stands even at the deadline
+        return verdict["status"], verdict["detail"]
+    if timed_out:
+        return "timeout", f"still running after the {timeout:g} s wall-clock limit"
+    if returncode < 0 or returncode > 128:  # a signal: -N for the launcher, 128 + N below it
+        number = -returncode if returncode < 0 else returncode - 128
+        if number == signal.SIGXCPU:
+            return "timeout", "exceeded the CPU time limit"
+        name = signal.Signals(number).name if number in signal.valid_signals() else str(number)
+        return "crashed", f"killed by {name}"
+    return "crashed", f"exited with code {returncode} before the tests finished"
+
+
+def _check_tests(tests: Union[str, Sequence[str]]) -> list[str]:
+    tests = [tests] if isinstance(tests, str) else list(tests)
+    for i, text in enumerate(tests):
+        if not isinstance(text, str):
+            raise TypeError(f"test {i} is a {type(text).__name__}; give each test as a string of Python")
+        try:
+            compile(text, f"test_{i}", "exec")
+        except SyntaxError as error:
+            raise ValueError(f"test {i} is not valid Python ({error.msg}): {text[:80]!r}") from None
+    return tests
+
+
+def run_program(source: str, tests: Union[str, Sequence[str]] = (), timeout: float = 3.0, *,
+                isolation: str = "auto", limits: Limits = Limits(), guard: bool = True) -> ExecutionResult:
+    """Run `source`, then each test statement (e.g. "assert add(1, 2) == 3"), in a sandbox.
+
+    timeout is wall-clock seconds for the whole process. guard=False leaves out the in-process
+    audit hook, leaving only the OS-level isolation (the tests use it to show that layer alone).
+    """
+    if not isinstance(source, str):
+        raise TypeError(f"source is a {type(source).__name__}; give the program as a string")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive seconds, got {timeout}")
+    tests = _check_tests(tests)
+    isolation = resolve_isolation(isolation)
+    workdir = os.path.realpath(tempfile.mkdtemp(prefix="minilm-exec-"))
+    try:
+        for name, text in (("candidate.py", source), ("harness.py", HARNESS),
+                           ("job.json", json.dumps({"tests": tests, "guard": guard}))):
+            with open(os.path.join(workdir, name), "w", encoding="utf-8", errors="surrogatepass") as f:
+                f.write(text)
+        start = time.monotonic()
+        proc = subprocess.Popen(_command(workdir, isolation, limits, timeout), cwd=workdir,
+                                env=_environment(workdir), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+        reader = _OutputReader(proc.stdout.fileno())
+        try:
+            timed_out = not _wait(proc, reader, timeout)
+            duration = time.monotonic() - start
+            if timed_out:  # the launcher kills and reaps what runs below it
+                proc.send_signal(signal.SIGTERM)
+                _wait(proc, reader, 2.0)
+        finally:
+            _kill_group(proc.pid)  # backstop: whatever is left of the group
+            proc.wait()  # reap the leader, then make sure its group is gone too
+            _kill_group(proc.pid, wait=1.0)
+            reader.read(max_reads=256)  # what was written just before the end (16 MiB at most)
+            proc.stdout.close()
+        status, detail = _classify(timed_out, _read_verdict(workdir), proc.returncode, timeout)
+    finally:
+        _remove(workdir)
+    return ExecutionResult(status, detail, reader.text(), duration, isolation)
+
+
+def run_programs(jobs: Iterable[tuple[str, Union[str, Sequence[str]]]], timeout: float = 3.0, *,
+                 workers: Optional[int] = None, **options) -> list[ExecutionResult]:
+    """run_program on each (source, tests), `workers` at a time; results in the order of jobs."""
+    jobs = list(jobs)
+    workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda job: run_program(job[0], job[1], timeout, **options), jobs))

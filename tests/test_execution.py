@@ -1,0 +1,254 @@
+"""The executor: right verdicts for honest programs, and hostile programs that cannot hurt us.
+
+Every hostile test runs under each isolation mode this machine has ("bwrap" when bubblewrap works,
+always "limits"), and checks three things: the evaluator survives, the status is the right one,
+and nothing is left running or written behind. Process-level tests pass guard=False where they
+must show that the OS-level layer holds without the in-process audit hook.
+"""
+import os
+import socket
+import tempfile
+import time
+import uuid
+import warnings
+
+import pytest
+
+from minilm import execution
+from minilm.execution import Limits, available_isolations, run_program, run_programs
+
+ISOLATIONS = available_isolations()
+ADD = "def add(a, b):\n    return a + b\n"
+ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
+
+
+@pytest.fixture(params=ISOLATIONS)
+def isolation(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def private_tempdir(tmp_path, monkeypatch):
+    """Each test's sandboxes live in their own directory, so we can check they are all removed."""
+    root = tmp_path / "sandboxes"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    yield root
+    assert list(root.iterdir()) == [], "a sandbox directory was left behind"
+
+
+def processes_in(marker: str) -> list[int]:
+    """Pids (host view) of processes whose working directory path contains marker."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if marker in os.readlink(f"/proc/{entry}/cwd"):
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def enter_marker_dir(marker: str) -> str:
+    """Candidate code that moves into a uniquely named directory, so its processes can be found."""
+    return f"import os, time\nos.mkdir({marker!r})\nos.chdir({marker!r})\n"
+
+
+# ---------------------------------------------------------------- honest programs
+TASKS = [  # (correct, incorrect, tests)
+    (ADD, "def add(a, b):\n    return a - b\n", ADD_TESTS),
+    ("def is_even(n):\n    return n % 2 == 0\n", "def is_even(n):\n    return n % 2 == 1\n",
+     ["assert is_even(4)", "assert not is_even(7)"]),
+    ("def reverse(s):\n    return s[::-1]\n", "def reverse(s):\n    return s\n",
+     ["assert reverse('') == ''", "assert reverse('abc') == 'cba'"]),
+]
+
+
+def test_correct_and_incorrect_solutions(isolation):
+    jobs = [(code, tests) for correct, wrong, tests in TASKS for code in (correct, wrong)]
+    results = run_programs(jobs, timeout=5, isolation=isolation, workers=2)
+    assert [r.status for r in results] == ["passed", "failed"] * len(TASKS)
+    assert all(r.isolation == isolation for r in results)
+    assert results[1].detail == "assert add(1, 2) == 3"  # the first assertion that did not hold
+    assert results[5].detail == "assert reverse('abc') == 'cba'"  # '' == '' held; this one did not
+    assert results[0].passed and not results[1].passed
+
+
+def test_statuses_of_broken_programs(isolation):
+    jobs = [("def add(a, b):\n    return a +\n", ADD_TESTS),  # syntax error
+            ("def add(a, b):\n    return a + c\n", ADD_TESTS),  # NameError while tested
+            ("raise ValueError('at import')\n" + ADD, ADD_TESTS),
+            ("def f(:\n", []),
+            ("x = 1\n", ["assert x == 1"]),  # a program with no function, tests on its globals
+            ("print('hello')\n" + ADD, ADD_TESTS)]
+    results = run_programs(jobs, timeout=5, isolation=isolation)
+    assert [r.status for r in results] == ["syntax_error", "crashed", "crashed", "syntax_error",
+                                           "passed", "passed"]
+    assert "NameError" in results[1].detail and "assert add(1, 2) == 3" in results[1].detail
+    assert "ValueError: at import" in results[2].detail
+    assert results[5].output.strip() == "hello"
+
+
+def test_run_programs_is_ordered_and_matches_one_at_a_time(isolation):
+    jobs = [(ADD if i % 3 else "def add(a, b):\n    return 0\n", ADD_TESTS) for i in range(6)]
+    parallel = run_programs(jobs, timeout=5, isolation=isolation, workers=3)
+    sequential = [run_program(source, tests, timeout=5, isolation=isolation) for source, tests in jobs]
+    assert [r.status for r in parallel] == [r.status for r in sequential]
+    assert [r.status for r in parallel] == ["failed", "passed", "passed"] * 2
+
+
+# ---------------------------------------------------------------- hostile programs
+def test_infinite_loop_times_out(isolation):
+    start = time.monotonic()
+    result = run_program("while True:\n    pass\n", ADD_TESTS, timeout=0.5, isolation=isolation)
+    assert result.status == "timeout" and not result.passed
+    assert time.monotonic() - start < 3
+
+
+def test_deep_recursion_is_a_crash_not_our_problem(isolation):
+    deep = "def f(n):\n    return f(n + 1)\n"
+    # with the recursion limit lifted, repr of a deeply nested list overflows the C stack
+    unbounded = ("import sys\nsys.setrecursionlimit(10**8)\nnested = []\n"
+                 "for _ in range(10**5):\n    nested = [nested]\n")
+    results = run_programs([(deep, ["f(0)"]), (unbounded, ["repr(nested)"])], timeout=10,
+                           isolation=isolation, limits=Limits(memory_mb=256))
+    assert [r.status for r in results] == ["crashed", "crashed"]
+    assert "RecursionError" in results[0].detail and "SIGSEGV" in results[1].detail
+
+
+def test_allocating_tens_of_gigabytes_fails_inside_the_sandbox(isolation):
+    hog = "blob = bytearray(30 * 2**30)\n" + ADD
+    creeping = "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 2**20))\n"
+    results = run_programs([(hog, ADD_TESTS), (creeping, [])], timeout=5, isolation=isolation,
+                           limits=Limits(memory_mb=256))
+    assert [r.status for r in results] == ["crashed", "crashed"]
+    assert all("MemoryError" in r.detail for r in results)
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_bounded_fork_bomb_is_contained(isolation, guard):
+    # 2**5 = 32 processes that each sleep: exponential like a fork bomb, but bounded, so that
+    # the test cannot exhaust the pids of a shared machine if containment were to fail.
+    marker = f"bomb-{uuid.uuid4().hex}"
+    bomb = enter_marker_dir(marker) + "for _ in range(5):\n    os.fork()\ntime.sleep(60)\n"
+    result = run_program(bomb, [], timeout=1.0, isolation=isolation, guard=guard)
+    if guard:  # the audit hook refuses the first fork
+        assert result.status == "crashed" and "os.fork" in result.detail
+    else:
+        assert result.status == "timeout"
+    assert processes_in(marker) == []
+
+
+def test_children_left_behind_by_a_passing_program_are_killed(isolation):
+    marker = f"orphan-{uuid.uuid4().hex}"
+    source = enter_marker_dir(marker) + "if os.fork() == 0:\n    time.sleep(60)\n" + ADD
+    result = run_program(source, ADD_TESTS, timeout=5, isolation=isolation, guard=False)
+    assert result.status == "passed"
+    assert processes_in(marker) == []
+
+
+def test_children_that_leave_the_process_group_are_killed(isolation):
+    # a double fork plus setsid escapes process-group killing; the launcher, a child subreaper,
+    # inherits the orphan and kills it (and bwrap's PID namespace dies with its init)
+    marker = f"setsid-{uuid.uuid4().hex}"
+    source = (enter_marker_dir(marker) + "if os.fork() == 0:\n    os.setsid()\n"
+              "    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\n" + ADD)
+    for timeout in (5, 0.5):  # the program finishes; the program is stopped at the deadline
+        source_ = source if timeout == 5 else source + "time.sleep(60)\n"
+        result = run_program(source_, ADD_TESTS, timeout=timeout, isolation=isolation, guard=False)
+        assert result.status == ("passed" if timeout == 5 else "timeout")
+        assert processes_in(marker) == []
+
+
+def test_writing_or_deleting_outside_the_sandbox_is_refused(isolation, tmp_path):
+    outside = os.path.join(os.getcwd(), f"escaped-{uuid.uuid4().hex}.txt")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    writer = f"open({outside!r}, 'w').write('x')\n" + ADD
+    deleter = f"import os\nos.remove({str(victim)!r})\n" + ADD
+    jobs = [(writer, ADD_TESTS), (deleter, ADD_TESTS)]
+    guards = [True, False] if isolation == "bwrap" else [True]  # as root, limits alone cannot
+    for guard in guards:
+        results = run_programs(jobs, timeout=5, isolation=isolation, guard=guard)
+        assert not os.path.exists(outside)
+        assert victim.read_text() == "keep me"
+        assert results[0].status == "crashed"
+        if guard:
+            assert all("sandbox:" in r.detail for r in results)
+        else:  # bwrap: the repository is read-only; /tmp is a private tmpfs thrown away after
+            assert "Read-only file system" in results[0].detail
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_killing_the_parent_does_not_reach_the_evaluator(isolation, guard):
+    source = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n" + ADD
+    result = run_program(source, ADD_TESTS, timeout=5, isolation=isolation, guard=guard)
+    # we are still here; what the program hit depends on the layer that stopped it
+    if guard:
+        assert result.status == "crashed" and "sandbox: os.kill" in result.detail
+    elif isolation == "bwrap":  # its parent is the namespace's init, which ignores SIGKILL
+        assert result.status == "passed"
+    else:  # it killed the launcher; the harness is killed with the group unless it finished first
+        assert result.status == "passed" or "SIGKILL" in result.detail
+
+
+def test_sys_exit_never_counts_as_passing(isolation):
+    jobs = [("import sys\nsys.exit(0)\n" + ADD, ADD_TESTS),
+            ("import sys\ndef add(a, b):\n    sys.exit(0)\n", ADD_TESTS),
+            ("import os\nos._exit(0)\n", ADD_TESTS)]
+    results = run_programs(jobs, timeout=5, isolation=isolation)
+    assert [r.status for r in results] == ["crashed"] * 3
+    assert "SystemExit" in results[0].detail and "before the tests finished" in results[2].detail
+
+
+def test_closing_stdout_does_not_hide_the_verdict(isolation):
+    source = "import os, sys\nsys.stdout.close()\nos.close(1)\nos.close(2)\n" + ADD
+    assert run_program(source, ADD_TESTS, timeout=5, isolation=isolation).status == "passed"
+
+
+def test_printing_megabytes_is_capped(isolation):
+    source = "import sys\nsys.stdout.write('x' * 20_000_000)\nsys.stdout.flush()\n" + ADD
+    result = run_program(source, ADD_TESTS, timeout=10, isolation=isolation)
+    assert result.status == "passed"
+    assert result.output.startswith("x" * execution.OUTPUT_LIMIT)
+    assert f"{20_000_000 - execution.OUTPUT_LIMIT} more bytes" in result.output
+
+
+def test_network_is_unreachable(isolation):
+    with socket.socket() as server:  # a listener the candidate could reach on the host
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        source = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n" + ADD
+        guards = [True, False] if isolation == "bwrap" else [True]
+        for guard in guards:
+            result = run_program(source, ADD_TESTS, timeout=5, isolation=isolation, guard=guard)
+            assert result.status == "crashed", (guard, result)
+
+
+# ---------------------------------------------------------------- input checks and fallback
+def test_bad_input_gets_a_clear_error():
+    with pytest.raises(ValueError, match="test 1 is not valid Python"):
+        run_program(ADD, ["assert True", "assert ("])
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        run_program(ADD, ADD_TESTS, timeout=0)
+    with pytest.raises(ValueError, match="unknown isolation"):
+        run_program(ADD, ADD_TESTS, isolation="docker")
+    with pytest.raises(TypeError, match="give the program as a string"):
+        run_program(b"x = 1", [])
+
+
+def test_missing_bwrap_falls_back_loudly_once(monkeypatch):
+    monkeypatch.setattr(execution, "_bwrap_problem", lambda: "bwrap is not installed")
+    monkeypatch.setattr(execution, "_warned", False)
+    assert execution.available_isolations() == ["limits"]
+    with pytest.warns(RuntimeWarning, match="SANDBOX WEAKENED"):
+        assert execution.resolve_isolation("auto") == "limits"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert execution.resolve_isolation("auto") == "limits"  # said once is enough
+    with pytest.raises(RuntimeError, match="bwrap is not installed"):
+        execution.resolve_isolation("bwrap")
+    result = run_program(ADD, ADD_TESTS, timeout=5)
+    assert result.passed and result.isolation == "limits"
