@@ -1,0 +1,74 @@
+"""The optimizer and its learning-rate schedule.
+
+AdamW with decoupled weight decay, applied only where it means "prefer small weights":
+
+    decay    : the weight matrices of Linear layers and the token embedding (tied to the LM head)
+    no decay : biases, LayerNorm gains/shifts, and the position table wpe (a lookup of T vectors,
+               decaying it only pulls rarely-seen late positions towards zero)
+
+Rule used: a parameter decays when it is 2-D and is not the position embedding.
+
+Schedule (`lr_at`), as in GPT-2/nanoGPT:
+
+    step < warmup:           lr * (step + 1) / warmup                    linear warm-up
+    warmup <= step < total:  min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2,  p = progress in [0, 1)
+    step >= total:           min_lr                                       the floor
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+NO_DECAY_NAMES = ("wpe.weight",)  # 2-D, but a position table, not a weight matrix
+
+
+def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """Split trainable parameters into a decayed group and a non-decayed group (names kept for reports)."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        if p.dim() >= 2 and not name.endswith(NO_DECAY_NAMES):
+            decay.append((name, p))
+        else:
+            no_decay.append((name, p))
+    groups = [
+        {"params": [p for _, p in decay], "names": [n for n, _ in decay], "weight_decay": weight_decay},
+        {"params": [p for _, p in no_decay], "names": [n for n, _ in no_decay], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                   device_type: str, groups: Optional[list[dict]] = None) -> torch.optim.AdamW:
+    """AdamW over the model's trainable parameters.
+
+    `groups` lets a caller pass its own param groups (e.g. LoRA+ gives B a larger lr through an
+    "lr_scale" key); by default `param_groups` splits decay / no-decay. The fused kernel is used on
+    CUDA (one launch for all parameters), the multi-tensor "foreach" path elsewhere.
+    """
+    groups = groups if groups is not None else param_groups(model.named_parameters(), weight_decay)
+    if not any(g["params"] for g in groups):
+        raise ValueError("no trainable parameters: everything is frozen; unfreeze a layer or add LoRA")
+    for g in groups:
+        g.setdefault("lr_scale", 1.0)  # the scheduler sets lr = schedule(step) * lr_scale
+    kwargs = {"fused": True} if device_type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, **kwargs)
+
+
+def lr_at(step: int, lr: float, min_lr: float, warmup_iters: int, total_iters: int) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, cosine decay, then a floor."""
+    if step < warmup_iters:
+        return lr * (step + 1) / warmup_iters
+    if step >= total_iters:
+        return min_lr
+    progress = (step - warmup_iters) / max(1, total_iters - warmup_iters)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
