@@ -66,6 +66,8 @@ class RunConfig:
     eval_interval: int = 200
     eval_iters: int = 20
     log_interval: int = 20
+    ckpt_interval: int = 0  # steps between checkpoints; 0 = at each evaluation (both stages)
+    peak_flops: float = 0.0  # the peak FLOP/s that MFU divides by; 0 = a datasheet table or a measured matmul
     # fine-tuning
     finetune: str = "lora"  # "lora", "full" or "top_k"
     ft_max_iters: int = 500
@@ -73,6 +75,10 @@ class RunConfig:
     ft_lr: float = 2e-3
     ft_warmup_iters: int = 20
     ft_eval_interval: int = 100
+    ft_grad_accum: int = 1
+    ft_metric: str = "val_loss"  # early-stopping metric: "val_loss", "val_token_acc" or "pass@1"
+    ft_pass_tasks: int = 0  # validation tasks whose greedy pass@1 is measured at each evaluation; 0 = none
+    loraplus_ratio: float = 1.0  # LoRA+: lr of the B matrices / lr of A (1 = plain LoRA)
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0

@@ -1,0 +1,103 @@
+"""Where and how fast a run computes: device, precision, and the peak FLOP/s that MFU divides by.
+
+    device "auto"  -> cuda when a GPU is present, else cpu
+    dtype  "auto"  -> bfloat16 autocast on CUDA, float32 on CPU
+
+bfloat16 here means autocast: parameters and optimizer state stay fp32, matmuls run in bf16 (the
+loss upcasts its logits to fp32). On CUDA TF32 matmuls are switched on too. On a CPU, bf16 pays
+only with native bf16 instructions (avx512_bf16 or AMX); bench/bench_train.py measures both.
+
+MFU = achieved training FLOP/s / peak FLOP/s. The peak comes from --peak_flops when given, else a
+table of dense bf16 tensor-core figures for common GPUs, else a short matmul timed on the device
+(a measured, attainable peak, so an MFU against it reads higher than against a datasheet).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from functools import lru_cache
+
+import torch
+
+from minilm.config import ConfigError
+
+# Dense (no sparsity) bf16 peak FLOP/s by device-name fragment, from the vendors' datasheets.
+GPU_PEAK_BF16 = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 70e12, "A10": 125e12, "L40S": 362e12,
+    "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise ConfigError(f"--dtype must be auto, float32 or bfloat16, got {name!r}")
+    return table[name]
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when /proc/cpuinfo lists avx512_bf16 or amx_bf16 (Linux only; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def setup_fast_math(device: torch.device) -> None:
+    """TF32 for the fp32 matmuls that remain under autocast (CUDA only; a no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """The context a forward pass runs under: bf16 autocast, or nothing for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@lru_cache(maxsize=None)
+def measured_matmul_flops(device_type: str, dtype: torch.dtype = torch.float32, n: int = 1024) -> float:
+    """FLOP/s of an n x n matmul on this device, best of a few timed repetitions (~0.2 s)."""
+    device = torch.device(device_type)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / 4)
+    return 2 * n ** 3 / best
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype, override: float = 0.0) -> tuple[float, str]:
+    """(peak FLOP/s, where the figure came from) for MFU."""
+    if override > 0:
+        return override, "--peak_flops"
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        for fragment, flops in GPU_PEAK_BF16.items():
+            if fragment in name:
+                return flops, f"datasheet bf16 peak of {name}"
+    n = 4096 if device.type == "cuda" else 1024
+    return measured_matmul_flops(device.type, dtype, n), f"measured {n}x{n} {str(dtype)[6:]} matmul"

@@ -1,0 +1,238 @@
+"""The training stages wired to their data: pretraining on code, fine-tuning on tasks.
+
+    pretrain:  tokenizer (trained if RUN_DIR has none) -> corpus -> token files -> Trainer,
+               per-token loss, early stopping on val_loss -> RUN_DIR/pretrain/model.safetensors
+    finetune:  RUN_DIR/pretrain/model.safetensors -> LoRA / full / top-k layers -> Trainer on the
+               task suite, per-example loss, early stopping on ft_metric -> RUN_DIR/finetune/...
+
+Batches are pure functions of (step, micro-batch): the generator that draws them is seeded with
+(seed, step, micro), which is what makes resume exact and the data independent of the number of
+processes (minilm/trainer.py). The run-directory layout is in minilm/checkpoint.py.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from minilm import checkpoint as ckpt
+from minilm.config import ConfigError, RunConfig, to_dict
+from minilm.distributed import DistInfo, barrier
+from minilm.runtime import resolve_device, resolve_dtype, setup_fast_math
+from minilm.trainer import Batch, Schedule, Trainer, TrainResult, derive_seed, estimate_loss
+
+FINETUNE_MODES = ("lora", "full", "top_k")
+
+
+# ------------------------------------------------------------------------------ schedules
+def pretrain_schedule(cfg: RunConfig) -> Schedule:
+    return Schedule(stage="pretrain", max_iters=cfg.max_iters, lr=cfg.lr, min_lr=cfg.min_lr,
+                    warmup_iters=cfg.warmup_iters, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                    eval_interval=cfg.eval_interval, log_interval=cfg.log_interval,
+                    ckpt_interval=cfg.ckpt_interval, normalize="token", grad_clip=cfg.grad_clip,
+                    weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2), metric="val_loss",
+                    patience=cfg.patience, seed=cfg.seed)
+
+
+def finetune_schedule(cfg: RunConfig) -> Schedule:
+    return Schedule(stage="finetune", max_iters=cfg.ft_max_iters, lr=cfg.ft_lr, min_lr=cfg.ft_lr / 10,
+                    warmup_iters=cfg.ft_warmup_iters, batch_size=cfg.ft_batch_size,
+                    grad_accum=cfg.ft_grad_accum, eval_interval=cfg.ft_eval_interval,
+                    log_interval=cfg.log_interval, ckpt_interval=cfg.ckpt_interval, normalize="sequence",
+                    grad_clip=cfg.grad_clip, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
+                    metric=cfg.ft_metric, patience=cfg.patience, seed=cfg.seed)
+
+
+# ------------------------------------------------------------------------------ batch sources
+def pretrain_batches(tokens, batch_size: int, block_size: int, seed: int) -> Callable[[int, int], Batch]:
+    """Micro-batch `micro` of step `step`: batch_size random windows of the token stream."""
+    from minilm.data import get_batch
+
+    def batch(step: int, micro: int) -> Batch:
+        generator = torch.Generator().manual_seed(derive_seed(seed, step, micro))
+        return Batch(*get_batch(tokens, batch_size, block_size, generator=generator))
+    return batch
+
+
+def sft_batches(examples, batch_size: int, seed: int) -> Callable[[int, int], Batch]:
+    """Micro-batch `micro` of step `step`: batch_size examples drawn uniformly, right-padded."""
+    from minilm.sft import get_sft_batch
+
+    def batch(step: int, micro: int) -> Batch:
+        generator = torch.Generator().manual_seed(derive_seed(seed, step, micro))
+        return Batch(*get_sft_batch(examples, batch_size, generator=generator))
+    return batch
+
+
+# ------------------------------------------------------------------------------ shared set-up
+def _runtime(cfg: RunConfig):
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    dtype = resolve_dtype(cfg.dtype, device)
+    setup_fast_math(device)
+    return device, dtype
+
+
+def ensure_tokenizer(cfg: RunConfig, dist: DistInfo = DistInfo(), log=print):
+    """RUN_DIR/tokenizer.json, trained on the corpus's train split first if the run has none."""
+    from minilm.corpus import build_corpus
+    from minilm.sft import SPECIAL_TOKENS
+    from minilm.tokenizer import Tokenizer, TokenizerFileError
+    path = Path(cfg.out_dir) / ckpt.TOKENIZER_FILE
+    if not path.is_file() and dist.is_main:
+        corpus = build_corpus(cfg.corpus, cfg.corpus_max_bytes)
+        log(f"tokenizer: training a {cfg.model.vocab_size}-token BPE ({cfg.tokenizer_backend}) on "
+            f"{corpus.n_bytes('train'):,} bytes")
+        tok = Tokenizer.train(list(corpus.texts("train")), cfg.model.vocab_size, special_tokens=SPECIAL_TOKENS,
+                              pattern=cfg.tokenizer_pattern, backend=cfg.tokenizer_backend)
+        with ckpt.atomic_path(path) as tmp:
+            tok.save(str(tmp))
+    barrier(dist)
+    try:
+        tok = Tokenizer.load(str(path))
+    except TokenizerFileError as e:
+        raise ckpt.CheckpointError(str(e)) from None
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"{path} has {tok.vocab_size} tokens but the model only {cfg.model.vocab_size}; "
+                          f"use --vocab_size {tok.vocab_size} or delete the tokenizer to retrain it")
+    return tok
+
+
+def _save_config(cfg: RunConfig, dist: DistInfo) -> None:
+    if dist.is_main:
+        ckpt.write_json_atomic(Path(cfg.out_dir) / ckpt.CONFIG_FILE, to_dict(cfg))
+
+
+# ------------------------------------------------------------------------------ pretraining
+def run_pretrain(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = False, log=print) -> TrainResult:
+    from minilm.corpus import build_corpus
+    from minilm.data import iter_eval_batches, prepare_tokens, tokenizer_fingerprint
+    from minilm.model import GPT
+    device, dtype = _runtime(cfg)
+    _save_config(cfg, dist)
+    tok = ensure_tokenizer(cfg, dist, log)
+    tok_hash = tokenizer_fingerprint(tok)
+    corpus = build_corpus(cfg.corpus, cfg.corpus_max_bytes)
+    token_dir = Path(cfg.data_dir) / f"tokens-{corpus.hash[:10]}-{tok_hash[:10]}"
+    if dist.is_main:
+        prepare_tokens(corpus, tok, token_dir, log=log)
+    barrier(dist)
+    data = prepare_tokens(corpus, tok, token_dir, log=lambda *_: None)
+    log(f"data: {len(data.train):,} train / {len(data.val):,} val tokens (corpus {corpus.hash[:12]})")
+
+    torch.manual_seed(cfg.seed)  # the initial weights
+    model = GPT(cfg.model).to(device)
+    block = cfg.model.block_size
+
+    def evaluate(m) -> dict:
+        batches = iter_eval_batches(data.val, cfg.batch_size, block)
+        return estimate_loss(m, islice(batches, cfg.eval_iters) if cfg.eval_iters > 0 else batches,
+                             "token", device, dtype)
+
+    info = {"tokenizer_sha256": tok_hash, "corpus_hash": corpus.hash}
+
+    def save_best(m, stage_dir: Path, metrics: dict) -> None:
+        ckpt.save_weights(stage_dir / ckpt.MODEL_FILE, ckpt.trainable_state(m, trainable_only=False),
+                          cfg.model, {**info, "step": metrics["step"], "val_loss": metrics["val_loss"]})
+
+    trainer = Trainer(model, pretrain_schedule(cfg), pretrain_batches(data.train, cfg.batch_size, block, cfg.seed),
+                      evaluate, save_best, cfg.out_dir, device=device, dtype=dtype, dist=dist,
+                      compile=cfg.compile, run_info={**info, "config": to_dict(cfg)},
+                      peak_flops_override=cfg.peak_flops, log=log)
+    return trainer.fit(resume=resume)
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+def prepare_finetune_model(model, cfg: RunConfig, log=print) -> Optional[list]:
+    """Make the wanted parameters trainable; return LoRA+ param groups (LoRA) or None."""
+    from minilm import freeze, lora
+    if cfg.finetune not in FINETUNE_MODES:
+        raise ConfigError(f"--finetune must be one of {', '.join(FINETUNE_MODES)}, got {cfg.finetune!r}")
+    groups = None
+    if cfg.finetune == "lora":
+        lora.apply_lora(model, targets=cfg.lora_targets, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                        dropout=cfg.lora_dropout)
+        groups = freeze.lora_param_groups(model, cfg.ft_lr, cfg.weight_decay, cfg.loraplus_ratio)
+    elif cfg.finetune == "top_k":
+        freeze.freeze_all(model)
+        freeze.unfreeze_top_k_blocks(model, cfg.top_k_layers)
+    log(f"finetune ({cfg.finetune}): {freeze.trainable_parameter_report(model)}")
+    return groups
+
+
+def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = False, log=print) -> TrainResult:
+    from minilm import tasks
+    from minilm.data import tokenizer_fingerprint
+    from minilm.sft import build_examples, iter_sft_batches
+    if cfg.ft_metric == "pass@1" and cfg.ft_pass_tasks <= 0:
+        raise ConfigError("--ft_metric pass@1 needs validation tasks to run; set --ft_pass_tasks N (e.g. 20)")
+    device, dtype = _runtime(cfg)
+    _save_config(cfg, dist)
+    run_dir = Path(cfg.out_dir)
+    base_path = run_dir / "pretrain" / ckpt.MODEL_FILE
+    if not (run_dir / ckpt.TOKENIZER_FILE).is_file() or not base_path.is_file():
+        raise ConfigError(f"{run_dir} has no pretrained model ({base_path}); run --stage pretrain first")
+    tok = ensure_tokenizer(cfg, dist, log)
+    tok_hash = tokenizer_fingerprint(tok)
+    model, metadata = ckpt.load_model_file(base_path, device, expected=cfg.model)
+    if metadata.get("tokenizer_sha256") not in (None, tok_hash):
+        raise ckpt.CheckpointError(f"{base_path}: pretrained with a different tokenizer than "
+                                   f"{run_dir / ckpt.TOKENIZER_FILE}; pretrain again")
+    groups = prepare_finetune_model(model, cfg, log)
+
+    suite = tasks.generate_suite(seed=cfg.task_seed)
+    block = cfg.model.block_size
+    train_examples = build_examples(tok, suite["train"], block)
+    val_examples = build_examples(tok, suite["valid"], block)
+    log(f"finetune data: {len(train_examples)} train / {len(val_examples)} valid examples "
+        f"({train_examples.n_dropped + val_examples.n_dropped} longer than the context dropped)")
+    pass_tasks = [t for t in suite["valid"] if t.get("kind", "generate") != "explain"][:cfg.ft_pass_tasks]
+
+    def evaluate(m) -> dict:
+        metrics = estimate_loss(m, iter_sft_batches(val_examples, cfg.ft_batch_size), "sequence", device, dtype)
+        if pass_tasks:
+            metrics["pass@1"] = _pass_at_1(m, tok, pass_tasks, cfg, device)
+        return metrics
+
+    base_sha = ckpt.file_sha256(base_path)
+    info = {"tokenizer_sha256": tok_hash, "base_sha256": base_sha}
+
+    def save_best(m, stage_dir: Path, metrics: dict) -> None:
+        if cfg.finetune == "lora":
+            _save_adapter_atomic(m, stage_dir)
+            ckpt.write_json_atomic(stage_dir / "base.json", {
+                "base": os.path.relpath(base_path, stage_dir), "sha256": base_sha,
+                "step": metrics["step"], cfg.ft_metric: metrics[cfg.ft_metric]})
+        else:
+            ckpt.save_weights(stage_dir / ckpt.MODEL_FILE, ckpt.trainable_state(m, trainable_only=False),
+                              cfg.model, {**info, "step": metrics["step"]})
+
+    trainer = Trainer(model, finetune_schedule(cfg), sft_batches(train_examples, cfg.ft_batch_size, cfg.seed),
+                      evaluate, save_best, cfg.out_dir, device=device, dtype=dtype, dist=dist,
+                      compile=cfg.compile, param_groups=groups, run_info={**info, "config": to_dict(cfg)},
+                      peak_flops_override=cfg.peak_flops, log=log)
+    return trainer.fit(resume=resume)
+
+
+def _save_adapter_atomic(model, stage_dir: Path) -> None:
+    """lora.save_adapter into a temporary folder, then each file renamed into place."""
+    from minilm import lora
+    with tempfile.TemporaryDirectory(dir=stage_dir) as tmp:
+        lora.save_adapter(model, tmp)
+        for name in sorted(os.listdir(tmp)):  # adapter_config.json before adapter_model.safetensors
+            with open(Path(tmp) / name, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(Path(tmp) / name, stage_dir / name)
+
+
+def _pass_at_1(model, tok, pass_tasks: list, cfg: RunConfig, device) -> float:
+    """Greedy pass@1 on a few validation tasks, generated and run by minilm.evaluate."""
+    from minilm.evaluate import evaluate_model
+    from minilm.metrics import summarize_group
+    records = evaluate_model(model, tok, pass_tasks, cfg.eval_max_new_tokens, with_teacher_forcing=False)
+    return float(summarize_group(records).get("pass@1", 0.0))

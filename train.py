@@ -1,0 +1,85 @@
+"""minilm's entry point: train a tokenizer, pretrain on code, fine-tune on tasks.
+
+    python train.py --config small                              # the whole pipeline
+    python train.py --config tiny --stage pretrain --max_iters 50 --out_dir runs/try
+    python train.py --config small --stage finetune --finetune top_k --top_k_layers 2
+    python train.py --config small --resume                      # continue a killed or stopped run
+    torchrun --nproc_per_node 4 train.py --config medium         # data-parallel on 4 GPUs
+
+Options besides the config overrides (`--key value` for any RunConfig / ModelConfig field):
+    --stage NAME   one of STAGES below, or "all" (the PIPELINE in order)
+    --resume       continue each stage from its checkpoint in --out_dir (a stage without one starts
+                   fresh); without it a stage starts over. `--resume auto` means the same.
+
+Each stage is one function taking the RunConfig (and the options) that delegates to a minilm
+module; adding a stage is one function and one entry in STAGES. The run-directory layout is in
+minilm/checkpoint.py. Exit codes: 0 done, 1 training diverged (NaN/inf), 2 bad configuration or
+checkpoint, 130 interrupted by Ctrl-C (a checkpoint was written; --resume continues).
+"""
+from __future__ import annotations
+
+import sys
+
+from minilm.config import ConfigError, RunConfig, load_config
+
+OPTIONS = {"stage": "all", "resume": "no"}
+RESUME_VALUES = {"no": False, "false": False, "0": False, "true": True, "yes": True, "1": True, "auto": True}
+
+
+def stage_tokenizer(cfg: RunConfig, opts: dict, dist, log) -> None:
+    from minilm.stages import ensure_tokenizer
+    tok = ensure_tokenizer(cfg, dist, log)
+    log(f"tokenizer: {tok.vocab_size} tokens in {cfg.out_dir}/tokenizer.json")
+
+
+def stage_pretrain(cfg: RunConfig, opts: dict, dist, log) -> None:
+    from minilm.stages import run_pretrain
+    run_pretrain(cfg, dist, resume=opts["resume"], log=log)
+
+
+def stage_finetune(cfg: RunConfig, opts: dict, dist, log) -> None:
+    from minilm.stages import run_finetune
+    run_finetune(cfg, dist, resume=opts["resume"], log=log)
+
+
+STAGES = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain, "finetune": stage_finetune}
+PIPELINE = ("tokenizer", "pretrain", "finetune")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:  # options first: a typo is reported before torch is even imported
+        cfg, opts = load_config(argv, OPTIONS)
+        if opts["stage"] not in (*STAGES, "all"):
+            raise ConfigError(f"--stage must be one of {', '.join(STAGES)} or all, got {opts['stage']!r}")
+        if opts["resume"].lower() not in RESUME_VALUES:
+            raise ConfigError(f"--resume takes no value (or auto/true/false), got {opts['resume']!r}")
+        opts["resume"] = RESUME_VALUES[opts["resume"].lower()]
+        from minilm.checkpoint import CheckpointError  # a ConfigError: reported the same way
+        from minilm.distributed import cleanup, init_distributed
+        from minilm.runtime import resolve_device
+        from minilm.trainer import TrainingDiverged, TrainingInterrupted
+        dist = init_distributed(resolve_device(cfg.device).type)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log = (lambda msg: print(msg, flush=True)) if dist.is_main else (lambda msg: None)
+    try:
+        for name in PIPELINE if opts["stage"] == "all" else (opts["stage"],):
+            STAGES[name](cfg, opts, dist, log)
+    except (ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
+    finally:
+        cleanup(dist)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
