@@ -1,0 +1,234 @@
+"""Evaluate a model on tasks by running the code it writes, as practitioners do.
+
+    records = evaluate_model(model, tok, tasks, max_new_tokens=128)   # one record per task
+    report = build_report(records, label="after fine-tuning")          # + summary by split/kind/family
+    write_report(report, run_dir / "eval", "finetune")                  # eval/finetune.json and .md
+    compare_reports(report_before, report_after)                        # the side-by-side table
+
+For each task the model is given the fine-tuning prompt (minilm.sft.render_prompt) and decodes
+greedily (or samples n times) until a special token. Then:
+  - generate / repair: the completion is a program; minilm.execution runs it against the task's
+    `test_list` in a sandbox; a sample counts as correct when every assertion holds (pass@k);
+  - explain: the completion is a description, scored by slot precision / recall / F1
+    (minilm.tasks.explain_f1);
+  - every kind, teacher-forced: the summed NLL and the argmax hits of the reference target tokens
+    given the prompt (loss, perplexity and token accuracy on exactly the tokens fine-tuning learns).
+
+Batching generation. The model has absolute positions, so a batch of prompts of different
+lengths cannot simply be left-padded: the padded rows would see their tokens at shifted positions.
+Prompts are grouped by length and each group is generated as a batch (with the KV cache); greedy
+results equal one-prompt-at-a-time decoding (tests/test_evaluate.py checks it).
+
+Any file in the suite's JSONL schema can be scored: python -m minilm.evaluate --run RUN --task_file F
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from minilm import sft
+from minilm.execution import resolve_isolation, run_programs
+from minilm.loss import sequence_nll
+from minilm.metrics import (CODE_KINDS, compare_reports, pass_at_k, summarize,  # noqa: F401 (re-exported)
+                            write_comparison, write_report)
+
+DETAIL_LIMIT = 300  # characters of each failure message kept in a record
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------- generation
+@torch.no_grad()
+def generate_completions(model, tok, tasks: Sequence[dict], max_new_tokens: int = 128,
+                         n_samples: int = 1, temperature: float = 0.0, top_k: Optional[int] = None,
+                         top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16
+                         ) -> list[Optional[list[str]]]:
+    """n_samples completions per task (None for a prompt that does not fit the context).
+
+    Prompts of equal length share a batch (each repeated n_samples times), so no row is padded.
+    Sampling is seeded per batch: the same call gives the same completions.
+    """
+    if n_samples < 1 or max_new_tokens < 1:
+        raise ValueError(f"n_samples and max_new_tokens must be >= 1, got {n_samples}, {max_new_tokens}")
+    if temperature == 0 and n_samples > 1:
+        raise ValueError("greedy decoding (temperature 0) gives n identical samples; "
+                         "set temperature > 0 for pass@k with n_samples > 1")
+    prompts = [sft.render_prompt(tok, task) for task in tasks]
+    stops = sft.stop_token_ids(tok)
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        if len(prompt) <= model.config.block_size:
+            by_length.setdefault(len(prompt), []).append(i)
+    completions: list[Optional[list[str]]] = [None] * len(tasks)
+    rows_per_batch = max(1, batch_size // n_samples)
+    batch_number = 0
+    for length, members in sorted(by_length.items()):
+        for start in range(0, len(members), rows_per_batch):
+            chunk = members[start:start + rows_per_batch]
+            idx = torch.tensor([prompts[i] for i in chunk for _ in range(n_samples)],
+                               dtype=torch.long, device=_device(model))  # (rows * n, length)
+            out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, stop_tokens=stops, seed=seed + batch_number)
+            batch_number += 1
+            new = out[:, length:].tolist()
+            for j, i in enumerate(chunk):
+                completions[i] = [sft.extract_completion(tok, new[j * n_samples + s])
+                                  for s in range(n_samples)]
+    return completions
+
+
+# ---------------------------------------------------------------- teacher forcing
+@torch.no_grad()
+def teacher_forced(model, tok, tasks: Sequence[dict], batch_size: int = 16) -> list[Optional[dict]]:
+    """Per task: summed NLL (nats), number of target tokens and argmax hits, or None if too long."""
+    block_size = model.config.block_size
+    rendered = [sft.render_example(tok, task) for task in tasks]
+    fits = [i for i, (ids, _) in enumerate(rendered) if len(ids) <= block_size + 1]
+    pad_id = sft.special_ids(tok)[sft.EOT]
+    results: list[Optional[dict]] = [None] * len(tasks)
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(fits), batch_size):
+        chunk = fits[start:start + batch_size]
+        idx, targets, loss_mask = sft.collate([rendered[i][0] for i in chunk],
+                                              [rendered[i][1] for i in chunk], pad_id,
+                                              device=_device(model))
+        logits = model(idx)  # (B, T, V)
+        nll_sum, n_tokens = sequence_nll(logits, targets, loss_mask)  # (B,), (B,)
+        # argmax hits on counted positions: the numerator of minilm.loss.token_accuracy, per row
+        correct = ((logits.argmax(dim=-1) == targets) & loss_mask.bool()).sum(dim=1)  # (B,)
+        for row, i in enumerate(chunk):
+            results[i] = {"tf_nll": float(nll_sum[row]), "tf_tokens": int(n_tokens[row]),
+                          "tf_correct": int(correct[row])}
+    model.train(was_training)
+    return results
+
+
+# ---------------------------------------------------------------- scoring
+def task_tests(task: dict) -> list[str]:
+    """The statements a program must pass: MBPP's optional test_setup_code, then test_list."""
+    setup = task.get("test_setup_code") or ""
+    return ([setup] if setup.strip() else []) + list(task["test_list"])
+
+
+def explain_scores(predicted_text: str, task: dict) -> tuple[float, float, float]:
+    """Slot precision / recall / F1; tasks from other files without slots use their text's words."""
+    from minilm.tasks import explain_f1
+    from minilm.tasks.explain import content_tokens
+    if "slots" not in task:
+        task = {**task, "slots": sorted(content_tokens(task["text"]))}
+    return explain_f1(predicted_text, task)
+
+
+def score_completions(tasks: Sequence[dict], completions: Sequence[Optional[list[str]]],
+                      timeout: float = 3.0, workers: Optional[int] = None,
+                      isolation: str = "auto") -> list[dict]:
+    """One record per task from its completions: executor statuses, or explain scores."""
+    isolation = resolve_isolation(isolation)
+    jobs, owners = [], []  # every code sample of every task, run in one parallel pass
+    for t, (task, samples) in enumerate(zip(tasks, completions)):
+        if task.get("kind", "generate") in CODE_KINDS and samples is not None:
+            for sample in samples:
+                jobs.append((sample, task_tests(task)))
+                owners.append(t)
+    results = run_programs(jobs, timeout, workers=workers, isolation=isolation) if jobs else []
+    by_task: dict[int, list] = {}
+    for t, result in zip(owners, results):
+        by_task.setdefault(t, []).append(result)
+    records = []
+    for t, (task, samples) in enumerate(zip(tasks, completions)):
+        kind = task.get("kind", "generate")
+        record = {"task_id": task["task_id"], "split": task.get("split"), "kind": kind,
+                  "family": task.get("family"), "completions": samples or []}
+        if kind in CODE_KINDS:
+            if samples is None:  # the prompt alone overflows the context: a failure, said so
+                record.update(n=1, c=0, statuses=["prompt_too_long"], details=[""])
+            else:
+                outcome = by_task[t]
+                record.update(n=len(outcome), c=sum(r.passed for r in outcome),
+                              statuses=[r.status for r in outcome],
+                              details=[r.detail[:DETAIL_LIMIT] for r in outcome])
+        else:
+            scores = [explain_scores(s, task) for s in (samples or [""])]
+            for name, column in zip(("precision", "recall", "f1"), zip(*scores)):
+                record[name] = sum(column) / len(column)
+        records.append(record)
+    return records
+
+
+def evaluate_model(model, tok, tasks: Sequence[dict], max_new_tokens: int = 128, *,
+                   n_samples: int = 1, temperature: float = 0.0, top_k: Optional[int] = None,
+                   top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16,
+                   timeout: float = 3.0, workers: Optional[int] = None, isolation: str = "auto",
+                   with_teacher_forcing: bool = True) -> list[dict]:
+    """Generate, run and score every task; one record per task (see minilm.metrics for the keys)."""
+    if not tasks:
+        raise ValueError("no tasks to evaluate; pass a non-empty list of task records")
+    completions = generate_completions(model, tok, tasks, max_new_tokens, n_samples, temperature,
+                                       top_k, top_p, seed, batch_size)
+    records = score_completions(tasks, completions, timeout, workers, isolation)
+    if with_teacher_forcing:
+        for record, forced in zip(records, teacher_forced(model, tok, tasks, batch_size)):
+            record.update(forced or {"tf_tokens": 0})
+    return records
+
+
+def build_report(records: Sequence[dict], label: str = "model", ks=None, **settings) -> dict:
+    """{"meta": label, isolation and settings, "summary": by split/kind/family, "records": ...}."""
+    meta = {"label": label, "isolation": resolve_isolation(settings.pop("isolation", "auto")),
+            "tasks": len(records), **settings}
+    return {"meta": meta, "summary": summarize(records, ks), "records": list(records)}
+
+
+# ---------------------------------------------------------------- command line
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Evaluate a run's pretrained and fine-tuned models on a task file; write the comparison."""
+    from minilm.checkpoint import load_run
+    from minilm.config import ConfigError
+    from minilm.tasks import load_jsonl
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--run", required=True, help="run directory (train.py --out_dir)")
+    parser.add_argument("--task_file", required=True, help="tasks in the suite's JSONL schema")
+    parser.add_argument("--splits", default="", help="comma-separated splits to keep (default: all)")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N tasks")
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--n_samples", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--out", default="", help="output folder (default RUN/eval)")
+    args = parser.parse_args(argv)
+    try:
+        tasks = load_jsonl(args.task_file)
+        if args.splits:
+            tasks = [t for t in tasks if t.get("split") in args.splits.split(",")]
+        tasks = tasks[:args.limit] if args.limit else tasks
+        if not tasks:
+            raise ValueError(f"{args.task_file}: no tasks left after --splits/--limit")
+        out = Path(args.out or Path(args.run) / "eval")
+        reports = {}
+        stages = ["pretrain", "finetune"] if (Path(args.run) / "finetune").is_dir() else ["pretrain"]
+        for stage in stages:
+            model, tok = load_run(args.run, stage=stage)
+            settings = dict(max_new_tokens=args.max_new_tokens, n_samples=args.n_samples,
+                            temperature=args.temperature, timeout=args.timeout)
+            records = evaluate_model(model, tok, tasks, **settings)
+            reports[stage] = build_report(records, label=stage, task_file=args.task_file, **settings)
+            print(f"{stage}: {write_report(reports[stage], out, stage)[1]}")
+        if len(reports) == 2:
+            paths = write_comparison(reports["pretrain"], reports["finetune"], out,
+                                     labels=("before fine-tuning", "after fine-tuning"))
+            print(paths[1].read_text())
+    except (ConfigError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
