@@ -4,12 +4,17 @@
     python train.py --config tiny --stage pretrain --max_iters 50 --out_dir runs/try
     python train.py --config small --stage finetune --finetune top_k --top_k_layers 2
     python train.py --config small --resume                      # continue a killed or stopped run
+    python train.py --config small --stage finetune --force      # redo a finished stage
     torchrun --nproc_per_node 4 train.py --config medium         # data-parallel on 4 GPUs
 
 Options besides the config overrides (`--key value` for any RunConfig / ModelConfig field):
     --stage NAME   one of STAGES below, or "all" (the PIPELINE in order)
     --resume       continue each stage from its checkpoint in --out_dir (a stage without one starts
-                   fresh); without it a stage starts over. `--resume auto` means the same.
+                   fresh); without it an unfinished stage starts over. `--resume auto` means the same.
+    --force        redo the stages asked for even when they finished with the same inputs
+
+A finished stage is reused, not redone, while its inputs are unchanged (minilm/pipeline.py keeps
+their keys and wall times in RUN_DIR/stages.json).
 
 Each stage is one function taking the RunConfig (and the options) that delegates to a minilm
 module; adding a stage is one function and one entry in STAGES. The run-directory layout is in
@@ -19,15 +24,19 @@ checkpoint, 130 interrupted by Ctrl-C (a checkpoint was written; --resume contin
 from __future__ import annotations
 
 import sys
+import time
 
 from minilm.config import ConfigError, RunConfig, load_config
 
-OPTIONS = {"stage": "all", "resume": "no"}
+OPTIONS = {"stage": "all", "resume": "no", "force": False}
 RESUME_VALUES = {"no": False, "false": False, "0": False, "true": True, "yes": True, "1": True, "auto": True}
 
 
 def stage_tokenizer(cfg: RunConfig, opts: dict, dist, log) -> None:
+    from minilm.pipeline import forget_tokenizer
     from minilm.stages import ensure_tokenizer
+    if dist.is_main:
+        forget_tokenizer(cfg)  # the stage runs because its settings changed (or --force)
     tok = ensure_tokenizer(cfg, dist, log)
     log(f"tokenizer: {tok.vocab_size} tokens in {cfg.out_dir}/tokenizer.json")
 
@@ -42,8 +51,34 @@ def stage_finetune(cfg: RunConfig, opts: dict, dist, log) -> None:
     run_finetune(cfg, dist, resume=opts["resume"], log=log)
 
 
-STAGES = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain, "finetune": stage_finetune}
-PIPELINE = ("tokenizer", "pretrain", "finetune")
+def stage_eval(cfg: RunConfig, opts: dict, dist, log) -> None:
+    from minilm.pipeline import run_eval, write_run_report
+    if not dist.is_main:
+        return  # evaluation runs on one process
+    start = time.perf_counter()
+    report = run_eval(cfg, log)
+    write_run_report(cfg, report, time.perf_counter() - start, log)
+
+
+STAGES = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain, "finetune": stage_finetune,
+          "eval": stage_eval}
+PIPELINE = ("tokenizer", "pretrain", "finetune", "eval")
+
+
+def run_stage(name: str, cfg: RunConfig, opts: dict, dist, log) -> None:
+    """Run one stage unless it already finished with the same inputs; record its key and time."""
+    from minilm.distributed import barrier
+    from minilm.pipeline import forget_done, is_done, mark_done
+    if not opts["force"] and is_done(cfg, name):
+        log(f"{name}: reusing the finished stage in {cfg.out_dir} (inputs unchanged; --force redoes it)")
+        return
+    if dist.is_main:
+        forget_done(cfg, name)
+    start = time.perf_counter()
+    STAGES[name](cfg, opts, dist, log)
+    barrier(dist)
+    if dist.is_main:
+        mark_done(cfg, name, time.perf_counter() - start)
 
 
 def main(argv=None) -> int:
@@ -66,7 +101,7 @@ def main(argv=None) -> int:
     log = (lambda msg: print(msg, flush=True)) if dist.is_main else (lambda msg: None)
     try:
         for name in PIPELINE if opts["stage"] == "all" else (opts["stage"],):
-            STAGES[name](cfg, opts, dist, log)
+            run_stage(name, cfg, opts, dist, log)
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

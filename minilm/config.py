@@ -93,7 +93,7 @@ class RunConfig:
 PRESETS: dict[str, RunConfig] = {
     # A few seconds on a CPU: what the tests and CI's pipeline smoke run use.
     "tiny": RunConfig(
-        model=ModelConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64),
+        model=ModelConfig(vocab_size=512, block_size=128, n_layer=2, n_head=2, n_embd=64),
         out_dir="runs/tiny", corpus_max_bytes=200_000, batch_size=8, max_iters=20, warmup_iters=5,
         eval_interval=10, eval_iters=2, log_interval=5, ft_max_iters=10, ft_batch_size=8,
         ft_warmup_iters=2, ft_eval_interval=5, eval_max_new_tokens=32, eval_tasks_per_split=5,

@@ -5,7 +5,7 @@ Three ways to fine-tune a pretrained decoder, chosen by RunConfig.finetune:
     "lora"   apply_lora(model, ...)                       adapters only; the base is frozen
     "top_k"  freeze_all(model); unfreeze_top_k_blocks(model, k)
                                                           full weights of the last k blocks + ln_f
-    both     apply_lora(model, ...); unfreeze_top_k_blocks(model, k)
+    "lora+top_k"  apply_lora(model, ...); unfreeze_top_k_blocks(model, k)
                                                           adapters everywhere, full weights on top
 
 The token embedding (tied to the LM head) is never unfrozen here: it is the largest matrix and

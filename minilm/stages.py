@@ -11,6 +11,7 @@ processes (minilm/trainer.py). The run-directory layout is in minilm/checkpoint.
 """
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from itertools import islice
@@ -25,7 +26,7 @@ from minilm.distributed import DistInfo, barrier
 from minilm.runtime import resolve_device, resolve_dtype, setup_fast_math
 from minilm.trainer import Batch, Schedule, Trainer, TrainResult, derive_seed, estimate_loss
 
-FINETUNE_MODES = ("lora", "full", "top_k")
+FINETUNE_MODES = ("lora", "full", "top_k", "lora+top_k")
 
 
 # ------------------------------------------------------------------------------ schedules
@@ -69,7 +70,8 @@ def sft_batches(examples, batch_size: int, seed: int) -> Callable[[int, int], Ba
 
 
 # ------------------------------------------------------------------------------ shared set-up
-def _runtime(cfg: RunConfig):
+def runtime_for(cfg: RunConfig):
+    """(device, dtype) of a run, with the device's fast-math settings applied."""
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -109,21 +111,28 @@ def _save_config(cfg: RunConfig, dist: DistInfo) -> None:
 
 
 # ------------------------------------------------------------------------------ pretraining
-def run_pretrain(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = False, log=print) -> TrainResult:
+def pretrain_data(cfg: RunConfig, tok, dist: DistInfo = DistInfo(), log=print):
+    """The corpus tokenized with tok (minilm.data.TokenData), built once and cached in data_dir."""
     from minilm.corpus import build_corpus
-    from minilm.data import iter_eval_batches, prepare_tokens, tokenizer_fingerprint
-    from minilm.model import GPT
-    device, dtype = _runtime(cfg)
-    _save_config(cfg, dist)
-    tok = ensure_tokenizer(cfg, dist, log)
-    tok_hash = tokenizer_fingerprint(tok)
+    from minilm.data import prepare_tokens, tokenizer_fingerprint
     corpus = build_corpus(cfg.corpus, cfg.corpus_max_bytes)
-    token_dir = Path(cfg.data_dir) / f"tokens-{corpus.hash[:10]}-{tok_hash[:10]}"
+    token_dir = Path(cfg.data_dir) / f"tokens-{corpus.hash[:10]}-{tokenizer_fingerprint(tok)[:10]}"
     if dist.is_main:
         prepare_tokens(corpus, tok, token_dir, log=log)
     barrier(dist)
-    data = prepare_tokens(corpus, tok, token_dir, log=lambda *_: None)
-    log(f"data: {len(data.train):,} train / {len(data.val):,} val tokens (corpus {corpus.hash[:12]})")
+    return prepare_tokens(corpus, tok, token_dir, log=lambda *_: None)
+
+
+def run_pretrain(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = False, log=print) -> TrainResult:
+    from minilm.data import iter_eval_batches, tokenizer_fingerprint
+    from minilm.model import GPT
+    device, dtype = runtime_for(cfg)
+    _save_config(cfg, dist)
+    tok = ensure_tokenizer(cfg, dist, log)
+    tok_hash = tokenizer_fingerprint(tok)
+    data = pretrain_data(cfg, tok, dist, log)
+    corpus_hash = data.meta["corpus_hash"]
+    log(f"data: {len(data.train):,} train / {len(data.val):,} val tokens (corpus {corpus_hash[:12]})")
 
     torch.manual_seed(cfg.seed)  # the initial weights
     model = GPT(cfg.model).to(device)
@@ -134,7 +143,7 @@ def run_pretrain(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
         return estimate_loss(m, islice(batches, cfg.eval_iters) if cfg.eval_iters > 0 else batches,
                              "token", device, dtype)
 
-    info = {"tokenizer_sha256": tok_hash, "corpus_hash": corpus.hash}
+    info = {"tokenizer_sha256": tok_hash, "corpus_hash": corpus_hash}
 
     def save_best(m, stage_dir: Path, metrics: dict) -> None:
         ckpt.save_weights(stage_dir / ckpt.MODEL_FILE, ckpt.trainable_state(m, trainable_only=False),
@@ -154,24 +163,26 @@ def prepare_finetune_model(model, cfg: RunConfig, log=print) -> Optional[list]:
     if cfg.finetune not in FINETUNE_MODES:
         raise ConfigError(f"--finetune must be one of {', '.join(FINETUNE_MODES)}, got {cfg.finetune!r}")
     groups = None
-    if cfg.finetune == "lora":
+    if cfg.finetune in ("top_k", "lora+top_k"):
+        freeze.freeze_all(model)
+    if cfg.finetune in ("lora", "lora+top_k"):
         lora.apply_lora(model, targets=cfg.lora_targets, r=cfg.lora_r, alpha=cfg.lora_alpha,
                         dropout=cfg.lora_dropout)
-        groups = freeze.lora_param_groups(model, cfg.ft_lr, cfg.weight_decay, cfg.loraplus_ratio)
-    elif cfg.finetune == "top_k":
-        freeze.freeze_all(model)
+    if cfg.finetune in ("top_k", "lora+top_k"):  # full weights of the top blocks, next to any adapters
         freeze.unfreeze_top_k_blocks(model, cfg.top_k_layers)
+    if cfg.finetune in ("lora", "lora+top_k"):
+        groups = freeze.lora_param_groups(model, cfg.ft_lr, cfg.weight_decay, cfg.loraplus_ratio)
     log(f"finetune ({cfg.finetune}): {freeze.trainable_parameter_report(model)}")
     return groups
 
 
 def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = False, log=print) -> TrainResult:
-    from minilm import tasks
+    from minilm import lora, tasks
     from minilm.data import tokenizer_fingerprint
     from minilm.sft import build_examples, iter_sft_batches
     if cfg.ft_metric == "pass@1" and cfg.ft_pass_tasks <= 0:
         raise ConfigError("--ft_metric pass@1 needs validation tasks to run; set --ft_pass_tasks N (e.g. 20)")
-    device, dtype = _runtime(cfg)
+    device, dtype = runtime_for(cfg)
     _save_config(cfg, dist)
     run_dir = Path(cfg.out_dir)
     base_path = run_dir / "pretrain" / ckpt.MODEL_FILE
@@ -208,8 +219,9 @@ def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
             ckpt.write_json_atomic(stage_dir / "base.json", {
                 "base": os.path.relpath(base_path, stage_dir), "sha256": base_sha,
                 "step": metrics["step"], cfg.ft_metric: metrics[cfg.ft_metric]})
-        else:
-            ckpt.save_weights(stage_dir / ckpt.MODEL_FILE, ckpt.trainable_state(m, trainable_only=False),
+        else:  # full weights; adapters next to top-k blocks are merged into a copy first
+            plain = lora.merge_and_unload(copy.deepcopy(m)) if lora.lora_layers(m) else m
+            ckpt.save_weights(stage_dir / ckpt.MODEL_FILE, ckpt.trainable_state(plain, trainable_only=False),
                               cfg.model, {**info, "step": metrics["step"]})
 
     trainer = Trainer(model, finetune_schedule(cfg), sft_batches(train_examples, cfg.ft_batch_size, cfg.seed),

@@ -312,7 +312,7 @@ class Trainer:
                  f"grad {grad_norm:.2f} | {tok_per_s / 1e3:.1f}k tok/s | MFU {100 * mfu:.1f}% | "
                  f"{1e3 * step_time:.0f} ms/step | left {eta}")
         self._record({"kind": "train", "step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                      "tok_per_s": tok_per_s, "mfu": mfu})
+                      "tok_per_s": tok_per_s, "mfu": mfu, "step_ms": 1e3 * step_time})
 
     def _evaluate_and_checkpoint(self) -> bool:
         """Evaluate (rank 0), save the best weights on improvement, checkpoint. True = stop early."""

@@ -1,0 +1,113 @@
+"""The pipeline's bookkeeping: stage keys, reuse of finished stages, and the run report's numbers."""
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minilm import pipeline
+from minilm.config import PRESETS
+from minilm.metrics import pass_at_k
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(tmp_path, **changes):
+    return dataclasses.replace(PRESETS["tiny"], out_dir=str(tmp_path / "run"), **changes)
+
+
+def test_a_stage_key_changes_only_with_what_the_stage_reads(tmp_path):
+    base = tiny(tmp_path)
+    keys = {stage: pipeline.stage_key(base, stage) for stage in pipeline.STAGE_FIELDS}
+    ft = tiny(tmp_path, ft_lr=1e-2)
+    assert pipeline.stage_key(ft, "finetune") != keys["finetune"]
+    assert pipeline.stage_key(ft, "pretrain") == keys["pretrain"]
+    assert pipeline.stage_key(ft, "tokenizer") == keys["tokenizer"]
+    wider = dataclasses.replace(base, model=dataclasses.replace(base.model, n_embd=96))
+    assert pipeline.stage_key(wider, "pretrain") != keys["pretrain"]
+    assert pipeline.stage_key(wider, "tokenizer") == keys["tokenizer"]
+    assert pipeline.stage_key(tiny(tmp_path, log_interval=1), "pretrain") == keys["pretrain"]
+
+
+def test_a_stage_key_follows_the_files_it_builds_on(tmp_path):
+    cfg = tiny(tmp_path)
+    before = pipeline.stage_key(cfg, "finetune")
+    weights = Path(cfg.out_dir) / "pretrain" / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"one")
+    first = pipeline.stage_key(cfg, "finetune")
+    weights.write_bytes(b"two")
+    assert len({before, first, pipeline.stage_key(cfg, "finetune")}) == 3
+
+
+def test_mark_done_then_is_done_until_inputs_change(tmp_path):
+    cfg = tiny(tmp_path)
+    (Path(cfg.out_dir) / "pretrain").mkdir(parents=True)
+    pipeline.mark_done(cfg, "pretrain", 1.0)
+    assert not pipeline.is_done(cfg, "pretrain")  # recorded, but its weights are not there
+    (Path(cfg.out_dir) / "pretrain" / "model.safetensors").write_bytes(b"w")
+    pipeline.mark_done(cfg, "pretrain", 12.5)
+    assert pipeline.is_done(cfg, "pretrain")
+    assert pipeline.read_stages(cfg.out_dir)["pretrain"]["seconds"] == 12.5
+    assert not pipeline.is_done(tiny(tmp_path, max_iters=21), "pretrain")
+    (Path(cfg.out_dir) / pipeline.STAGES_FILE).write_text("{not json")
+    assert not pipeline.is_done(cfg, "pretrain")  # a damaged record re-runs stages, never crashes
+
+
+def test_train_py_reuses_a_finished_stage_and_force_redoes_it(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "train.py", "--config", "tiny", "--stage", "tokenizer", "--out_dir", str(out),
+               "--corpus_max_bytes", "30000"]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "training a 512-token BPE" in first.stdout
+    tokenizer = (out / "tokenizer.json").read_bytes()
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "reusing the finished stage" in again.stdout and "training" not in again.stdout
+    forced = subprocess.run(command + ["--force"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "training a 512-token BPE" in forced.stdout
+    assert (out / "tokenizer.json").read_bytes() == tokenizer  # same inputs, same tokenizer
+    other = subprocess.run(command[:-1] + ["40000"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "training a 512-token BPE" in other.stdout  # new corpus budget: retrained, not reused
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "huge"], "unknown config 'huge'"),
+    (["--stage", "deploy"], "--stage must be one of"),
+    (["--max_iter", "3"], "did you mean --max_iters?"),
+])
+def test_train_py_bad_input_is_one_line_and_exit_2(argv, message):
+    result = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def fake_records(split, kind, outcomes):
+    if kind == "explain":
+        return [{"split": split, "kind": kind, "family": "f", "precision": x, "recall": x, "f1": x,
+                 "tf_tokens": 0} for x in outcomes]
+    return [{"split": split, "kind": kind, "family": "f", "n": 1, "c": int(x), "statuses": ["passed" if x else
+             "failed"], "tf_tokens": 0} for x in outcomes]
+
+
+def test_report_table_recomputes_from_the_per_task_records():
+    before = fake_records("test_seen", "generate", [0, 0, 1]) + fake_records("test_seen", "repair", [0])
+    after = (fake_records("test_seen", "generate", [1, 1, 1]) + fake_records("test_seen", "repair", [0])
+             + fake_records("test_seen", "explain", [0.5, 1.0]))
+    before += fake_records("test_seen", "explain", [0.0, 0.0])
+    table = pipeline.split_kind_table(pipeline._by_split_and_kind(before), pipeline._by_split_and_kind(after), [])
+    seen = table["test_seen"]
+    assert seen["all"] == {"tasks": 4, "pass@1_before": 0.25, "pass@1_after": 0.75}
+    assert seen["generate"]["pass@1_after"] == sum(pass_at_k(1, 1, 1) for _ in range(3)) / 3
+    assert seen["repair"] == {"tasks": 1, "pass@1_before": 0.0, "pass@1_after": 0.0}
+    assert seen["explain"] == {"tasks": 2, "explain_f1_before": 0.0, "explain_f1_after": 0.75}
+    assert table["test_phrasing"] == {} and table["test_compose"] == {}
+    markdown = pipeline.report_markdown({
+        "run_dir": "r", "device": "cpu", "preset_model": {}, "pretrain_val_bits_per_byte": 1.5,
+        "stage_seconds": {"pretrain": 10.0, "eval": 2.0}, "results": table})
+    assert "| test_seen | generate + repair (pass@1) | 4 | 25.0% | 75.0% |" in markdown
+    assert "total 12 s" in markdown and "1.500 bits per byte" in markdown
+    json.dumps(table)  # report.json must be plain JSON
