@@ -31,7 +31,7 @@ STAGES_FILE, REPORT_NAME = "stages.json", "report"
 _DATA_FIELDS = ("corpus", "corpus_max_bytes")
 STAGE_FIELDS = {
     "tokenizer": (*_DATA_FIELDS, "tokenizer_backend", "tokenizer_pattern", "model.vocab_size"),
-    "pretrain": (*_DATA_FIELDS, "model", "seed", "dtype", "batch_size", "grad_accum", "max_iters", "lr",
+    "pretrain": (*_DATA_FIELDS, "model", "seed", "task_seed", "pretrain_task_mix", "ft_batch_size", "dtype", "batch_size", "grad_accum", "max_iters", "lr",
                  "min_lr", "warmup_iters", "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval",
                  "eval_iters", "patience"),
     "finetune": ("task_seed", "seed", "dtype", "eval_max_new_tokens", "finetune", "ft_max_iters", "ft_batch_size", "ft_lr",
@@ -234,9 +234,18 @@ def write_run_report(cfg: RunConfig, report: dict, eval_seconds: float, log=prin
         log(f"--- {example['split']} task ({example['status']}): {example['text']}")
         log(example["code"])
     log("")
+    curves = _plot_curves(run_dir)
     log(f"written: {run_dir}/report.md, report.json, eval/ (per-task records), tokenizer.json, "
-        f"pretrain/model.safetensors, finetune/ (adapter or weights), */metrics.jsonl; "
-        f"curves: python -m minilm.plot {run_dir}")
+        f"pretrain/model.safetensors, finetune/ (adapter or weights), */metrics.jsonl, {curves}")
+
+
+def _plot_curves(run_dir: Path) -> str:
+    """RUN_DIR/curves.png when matplotlib (the optional extra) is installed; else how to get it."""
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is None:
+        return 'no curves.png (pip install "minilm[plot]", then python -m minilm.plot RUN_DIR)'
+    from minilm.plot import plot_run
+    return f"loss curves in {plot_run(run_dir)}"
 
 
 def _examples(tasks: list[dict], records: list[dict], n: int = 3) -> list[dict]:

@@ -39,11 +39,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on CUDA, fp32 on CPU. fast: bf16 wherever the hardware has bf16 matmuls
+    (CUDA, or a CPU with avx512_bf16 / AMX), else fp32. Or float32 / bfloat16 explicitly."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name == "fast":
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else torch.float32
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if name not in table:
-        raise ConfigError(f"--dtype must be auto, float32 or bfloat16, got {name!r}")
+        raise ConfigError(f"--dtype must be auto, fast, float32 or bfloat16, got {name!r}")
     return table[name]
 
 

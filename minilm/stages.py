@@ -59,6 +59,16 @@ def pretrain_batches(tokens, batch_size: int, block_size: int, seed: int) -> Cal
     return batch
 
 
+def mixed_batches(code: Callable[[int, int], Batch], tasks: Callable[[int, int], Batch], task_fraction: float,
+                  seed: int) -> Callable[[int, int], Batch]:
+    """The pretraining data mix: each micro-batch is a task-suite batch with probability task_fraction
+    (drawn from its own seeded generator, so resume and DDP stay exact), else a code batch."""
+    def batch(step: int, micro: int) -> Batch:
+        coin = torch.Generator().manual_seed(derive_seed(seed, step, micro, 1))
+        return tasks(step, micro) if torch.rand(1, generator=coin).item() < task_fraction else code(step, micro)
+    return batch
+
+
 def sft_batches(examples, batch_size: int, seed: int) -> Callable[[int, int], Batch]:
     """Micro-batch `micro` of step `step`: batch_size examples drawn uniformly, right-padded."""
     from minilm.sft import get_sft_batch
@@ -149,9 +159,17 @@ def run_pretrain(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
         ckpt.save_weights(stage_dir / ckpt.MODEL_FILE, ckpt.trainable_state(m, trainable_only=False),
                           cfg.model, {**info, "step": metrics["step"], "val_loss": metrics["val_loss"]})
 
-    trainer = Trainer(model, pretrain_schedule(cfg), pretrain_batches(data.train, cfg.batch_size, block, cfg.seed),
-                      evaluate, save_best, cfg.out_dir, device=device, dtype=dtype, dist=dist,
-                      compile=cfg.compile, run_info={**info, "config": to_dict(cfg)},
+    batches = pretrain_batches(data.train, cfg.batch_size, block, cfg.seed)
+    if cfg.pretrain_task_mix > 0:  # the task suite's train split in the mix (the valid/test splits never)
+        from minilm import tasks
+        from minilm.sft import build_examples
+        examples = build_examples(tok, tasks.generate_suite(seed=cfg.task_seed)["train"], block)
+        log(f"data mix: {cfg.pretrain_task_mix:.0%} of pretraining batches are task-suite train examples "
+            f"({len(examples)} examples)")
+        batches = mixed_batches(batches, sft_batches(examples, cfg.ft_batch_size, cfg.seed + 1),
+                                cfg.pretrain_task_mix, cfg.seed)
+    trainer = Trainer(model, pretrain_schedule(cfg), batches, evaluate, save_best, cfg.out_dir,
+                      device=device, dtype=dtype, dist=dist, compile=cfg.compile, run_info={**info, "config": to_dict(cfg)},
                       peak_flops_override=cfg.peak_flops, log=log)
     return trainer.fit(resume=resume)
 

@@ -111,3 +111,16 @@ def test_report_table_recomputes_from_the_per_task_records():
     assert "| test_seen | generate + repair (pass@1) | 4 | 25.0% | 75.0% |" in markdown
     assert "total 12 s" in markdown and "1.500 bits per byte" in markdown
     json.dumps(table)  # report.json must be plain JSON
+
+
+def test_pretraining_mix_draws_task_batches_at_the_asked_rate_reproducibly():
+    from minilm.stages import mixed_batches
+    from minilm.trainer import Batch
+    import torch
+    code = lambda step, micro: Batch(torch.zeros(1, 1), torch.zeros(1, 1))  # noqa: E731
+    tasks = lambda step, micro: Batch(torch.ones(1, 1), torch.ones(1, 1), torch.ones(1, 1))  # noqa: E731
+    mixed = mixed_batches(code, tasks, 0.25, seed=7)
+    picks = [mixed(step, micro).loss_mask is not None for step in range(400) for micro in range(2)]
+    assert 0.2 < sum(picks) / len(picks) < 0.3
+    assert picks == [mixed(step, micro).loss_mask is not None for step in range(400) for micro in range(2)]
+    assert not any(mixed_batches(code, tasks, 0.0, seed=7)(s, 0).loss_mask is not None for s in range(50))
