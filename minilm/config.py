@@ -113,7 +113,7 @@ PRESETS: dict[str, RunConfig] = {
         out_dir="runs/small", dtype="fast", pretrain_task_mix=0.2,
         batch_size=16, max_iters=550, lr=2e-3, min_lr=2e-4, warmup_iters=50, eval_interval=110,
         eval_iters=10, log_interval=25,
-        ft_max_iters=700, ft_batch_size=32, ft_lr=5e-3, ft_warmup_iters=30, ft_eval_interval=140,
+        ft_max_iters=850, ft_batch_size=32, ft_lr=5e-3, ft_warmup_iters=30, ft_eval_interval=170,
         lora_r=64, lora_alpha=128.0, patience=3, eval_max_new_tokens=96, eval_tasks_per_split=100,
     ),
     # A GPU run between small and GPT-2.
