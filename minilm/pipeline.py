@@ -171,7 +171,7 @@ def report_markdown(report: dict) -> str:
         return "-" if value is None else f"{100 * value:.1f}%"
 
     lines = [f"# minilm run report: {report['run_dir']}", "",
-             f"- device: {report['device']}, config: {report['preset_model']}",
+             f"- device: {report['device']}, model: " + ", ".join(f"{k}={v}" for k, v in report["model_config"].items()),
              f"- pretraining validation: {report['pretrain_val_bits_per_byte']:.3f} bits per byte "
              f"(held-out stdlib files)",
              "- wall time: " + ", ".join(f"{s} {t:.0f} s" for s, t in report["stage_seconds"].items())
@@ -211,7 +211,7 @@ def run_eval(cfg: RunConfig, log=print) -> dict:
     write_comparison(reports["pretrain"], reports["finetune"], run_dir / "eval",
                      labels=("before fine-tuning", "after fine-tuning"))
     report = {
-        "run_dir": str(run_dir), "device": str(device), "preset_model": to_dict(cfg)["model"],
+        "run_dir": str(run_dir), "device": str(device), "model_config": to_dict(cfg)["model"],
         "pretrain_val_bits_per_byte": bpb,
         "isolation": reports["finetune"]["meta"]["isolation"],
         "results": split_kind_table(groups["pretrain"], groups["finetune"], tasks),

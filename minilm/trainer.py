@@ -41,12 +41,12 @@ import torch
 import torch.nn as nn
 
 from minilm import checkpoint as ckpt
+from minilm.early_stopping import EarlyStopping
 from minilm.distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, sync_context
 from minilm.loss import sequence_nll
 from minilm.optim import lr_at, make_optimizer, set_lr
 from minilm.runtime import autocast, peak_flops
 
-MAXIMIZED_METRICS = ("pass@1", "val_token_acc")  # every other metric is a loss: lower is better
 DROPOUT_STREAM = 1  # the last part of dropout seeds, so they differ from the batch sampler's (seed, step, micro)
 
 
@@ -98,28 +98,6 @@ def derive_seed(*parts: int) -> int:
     """A 63-bit seed from a tuple of integers, e.g. (seed, step, rank): distinct tuples, unrelated seeds."""
     digest = hashlib.sha256(repr(tuple(int(p) for p in parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-class EarlyStopping:
-    """Track the best value of a metric and count evaluations since it last improved."""
-
-    def __init__(self, metric: str, patience: int, best: Optional[float] = None, bad_evals: int = 0):
-        self.metric, self.patience = metric, patience
-        self.maximize = metric in MAXIMIZED_METRICS
-        self.best, self.bad_evals = best, bad_evals
-
-    def update(self, value: float) -> bool:
-        """Record an evaluation; True when it is the best so far."""
-        improved = self.best is None or (value > self.best if self.maximize else value < self.best)
-        if improved:
-            self.best, self.bad_evals = value, 0
-        else:
-            self.bad_evals += 1
-        return improved
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience > 0 and self.bad_evals >= self.patience
 
 
 @torch.no_grad()

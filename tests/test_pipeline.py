@@ -6,10 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from minilm import pipeline
 from minilm.config import PRESETS
 from minilm.metrics import pass_at_k
+from minilm.stages import mixed_batches
+from minilm.trainer import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,17 +109,14 @@ def test_report_table_recomputes_from_the_per_task_records():
     assert seen["explain"] == {"tasks": 2, "explain_f1_before": 0.0, "explain_f1_after": 0.75}
     assert table["test_phrasing"] == {} and table["test_compose"] == {}
     markdown = pipeline.report_markdown({
-        "run_dir": "r", "device": "cpu", "preset_model": {}, "pretrain_val_bits_per_byte": 1.5,
+        "run_dir": "r", "device": "cpu", "model_config": {"n_layer": 2}, "pretrain_val_bits_per_byte": 1.5,
         "stage_seconds": {"pretrain": 10.0, "eval": 2.0}, "results": table})
     assert "| test_seen | generate + repair (pass@1) | 4 | 25.0% | 75.0% |" in markdown
-    assert "total 12 s" in markdown and "1.500 bits per byte" in markdown
+    assert "total 12 s" in markdown and "1.500 bits per byte" in markdown and "model: n_layer=2" in markdown
     json.dumps(table)  # report.json must be plain JSON
 
 
 def test_pretraining_mix_draws_task_batches_at_the_asked_rate_reproducibly():
-    from minilm.stages import mixed_batches
-    from minilm.trainer import Batch
-    import torch
     code = lambda step, micro: Batch(torch.zeros(1, 1), torch.zeros(1, 1))  # noqa: E731
     tasks = lambda step, micro: Batch(torch.ones(1, 1), torch.ones(1, 1), torch.ones(1, 1))  # noqa: E731
     mixed = mixed_batches(code, tasks, 0.25, seed=7)
