@@ -178,6 +178,28 @@ def get_sft_batch(examples: Examples, batch_size: int,
         raise ValueError(f"no fine-tuning examples fit block_size={examples.block_size} "
                          f"({examples.n_dropped} dropped as too long); raise block_size")
     rows = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
+    return collate_rows(examples, rows, device)
+
+
+def length_grouped_rows(lengths: Sequence[int], batch_size: int, n_batches: int,
+                        generator: Optional[torch.Generator] = None) -> list[list[int]]:
+    """n_batches batches of example indices, drawn like get_sft_batch but grouped by length.
+
+    All n_batches * batch_size rows are drawn uniformly (with replacement) at once, sorted by length
+    and cut into batches, which come back in a random order. Each example is as likely to be drawn
+    as before; only which examples share a batch changes. Padding to the longest row then costs a
+    few percent of the tokens instead of about 40% (task lengths range from 20 to 120 tokens).
+    """
+    if not lengths:
+        raise ValueError("length_grouped_rows needs at least one example")
+    rows = torch.randint(len(lengths), (batch_size * n_batches,), generator=generator).tolist()
+    rows.sort(key=lambda r: (lengths[r], r))
+    batches = [rows[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+    return [batches[i] for i in torch.randperm(n_batches, generator=generator).tolist()]
+
+
+def collate_rows(examples: Examples, rows: Sequence[int], device: Union[str, torch.device] = "cpu"):
+    """The examples at `rows` -> idx, targets, loss_mask (B, T)."""
     return collate([examples.ids[r] for r in rows], [examples.loss_masks[r] for r in rows],
                    examples.pad_id, device=device)
 

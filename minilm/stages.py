@@ -69,11 +69,21 @@ def mixed_batches(code: Callable[[int, int], Batch], tasks: Callable[[int, int],
     return batch
 
 
-def sft_batches(examples, batch_size: int, seed: int) -> Callable[[int, int], Batch]:
-    """Micro-batch `micro` of step `step`: batch_size examples drawn uniformly, right-padded."""
-    from minilm.sft import get_sft_batch
+def sft_batches(examples, batch_size: int, seed: int, group_by_length: int = 0) -> Callable[[int, int], Batch]:
+    """Micro-batch `micro` of step `step`: batch_size examples drawn uniformly, right-padded.
+
+    With group_by_length = G > 1, the draws of G consecutive steps are made together and grouped
+    by length (sft.length_grouped_rows), which cuts the padding; each batch is still a pure
+    function of (step, micro), so resume and DDP stay exact."""
+    from minilm.sft import collate_rows, get_sft_batch, length_grouped_rows
+    lengths = [len(ids) for ids in examples.ids]
 
     def batch(step: int, micro: int) -> Batch:
+        if group_by_length > 1:
+            pool, position = divmod(step, group_by_length)
+            generator = torch.Generator().manual_seed(derive_seed(seed, pool, micro, 2))
+            rows = length_grouped_rows(lengths, batch_size, group_by_length, generator)[position]
+            return Batch(*collate_rows(examples, rows))
         generator = torch.Generator().manual_seed(derive_seed(seed, step, micro))
         return Batch(*get_sft_batch(examples, batch_size, generator=generator))
     return batch
@@ -88,6 +98,12 @@ def runtime_for(cfg: RunConfig):
     dtype = resolve_dtype(cfg.dtype, device)
     setup_fast_math(device)
     return device, dtype
+
+
+def task_suite(cfg: RunConfig) -> dict:
+    """The task suite a run trains on: {split: [task, ...]}."""
+    from minilm.tasks import generate_suite
+    return generate_suite(seed=cfg.task_seed, n_train=cfg.task_train_size)
 
 
 def ensure_tokenizer(cfg: RunConfig, dist: DistInfo = DistInfo(), log=print):
@@ -161,13 +177,12 @@ def run_pretrain(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
 
     batches = pretrain_batches(data.train, cfg.batch_size, block, cfg.seed)
     if cfg.pretrain_task_mix > 0:  # the task suite's train split in the mix (the valid/test splits never)
-        from minilm import tasks
         from minilm.sft import build_examples
-        examples = build_examples(tok, tasks.generate_suite(seed=cfg.task_seed)["train"], block)
+        examples = build_examples(tok, task_suite(cfg)["train"], block)
         log(f"data mix: {cfg.pretrain_task_mix:.0%} of pretraining batches are task-suite train examples "
             f"({len(examples)} examples)")
-        batches = mixed_batches(batches, sft_batches(examples, cfg.ft_batch_size, cfg.seed + 1),
-                                cfg.pretrain_task_mix, cfg.seed)
+        task_batches = sft_batches(examples, cfg.ft_batch_size, cfg.seed + 1, cfg.ft_group_by_length)
+        batches = mixed_batches(batches, task_batches, cfg.pretrain_task_mix, cfg.seed)
     trainer = Trainer(model, pretrain_schedule(cfg), batches, evaluate, save_best, cfg.out_dir,
                       device=device, dtype=dtype, dist=dist, compile=cfg.compile, run_info={**info, "config": to_dict(cfg)},
                       peak_flops_override=cfg.peak_flops, log=log)
@@ -195,7 +210,7 @@ def prepare_finetune_model(model, cfg: RunConfig, log=print) -> Optional[list]:
 
 
 def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = False, log=print) -> TrainResult:
-    from minilm import lora, tasks
+    from minilm import lora
     from minilm.data import tokenizer_fingerprint
     from minilm.sft import build_examples, iter_sft_batches
     if cfg.ft_metric == "pass@1" and cfg.ft_pass_tasks <= 0:
@@ -214,7 +229,7 @@ def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
                                    f"{run_dir / ckpt.TOKENIZER_FILE}; pretrain again")
     groups = prepare_finetune_model(model, cfg, log)
 
-    suite = tasks.generate_suite(seed=cfg.task_seed)
+    suite = task_suite(cfg)
     block = cfg.model.block_size
     train_examples = build_examples(tok, suite["train"], block)
     val_examples = build_examples(tok, suite["valid"], block)
@@ -242,9 +257,9 @@ def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
             ckpt.save_weights(stage_dir / ckpt.MODEL_FILE, ckpt.trainable_state(plain, trainable_only=False),
                               cfg.model, {**info, "step": metrics["step"]})
 
-    trainer = Trainer(model, finetune_schedule(cfg), sft_batches(train_examples, cfg.ft_batch_size, cfg.seed),
-                      evaluate, save_best, cfg.out_dir, device=device, dtype=dtype, dist=dist,
-                      compile=cfg.compile, param_groups=groups, run_info={**info, "config": to_dict(cfg)},
+    batches = sft_batches(train_examples, cfg.ft_batch_size, cfg.seed, cfg.ft_group_by_length)
+    trainer = Trainer(model, finetune_schedule(cfg), batches, evaluate, save_best, cfg.out_dir, device=device,
+                      dtype=dtype, dist=dist, compile=cfg.compile, param_groups=groups, run_info={**info, "config": to_dict(cfg)},
                       peak_flops_override=cfg.peak_flops, log=log)
     return trainer.fit(resume=resume)
 

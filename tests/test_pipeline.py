@@ -11,7 +11,9 @@ import torch
 from minilm import pipeline
 from minilm.config import PRESETS
 from minilm.metrics import pass_at_k
-from minilm.stages import mixed_batches
+from minilm.sft import SPECIAL_TOKENS, build_examples
+from minilm.stages import mixed_batches, sft_batches
+from minilm.tokenizer import Tokenizer
 from minilm.trainer import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +34,16 @@ def test_a_stage_key_changes_only_with_what_the_stage_reads(tmp_path):
     assert pipeline.stage_key(wider, "pretrain") != keys["pretrain"]
     assert pipeline.stage_key(wider, "tokenizer") == keys["tokenizer"]
     assert pipeline.stage_key(tiny(tmp_path, log_interval=1), "pretrain") == keys["pretrain"]
+
+
+def test_a_stage_key_follows_the_task_suite_where_the_stage_reads_it(tmp_path, monkeypatch):
+    no_mix, mix = tiny(tmp_path), tiny(tmp_path, pretrain_task_mix=0.2)
+    keys = {(cfg.pretrain_task_mix, stage): pipeline.stage_key(cfg, stage)
+            for cfg in (no_mix, mix) for stage in pipeline.STAGE_FIELDS}
+    monkeypatch.setattr("minilm.tasks.suite_fingerprint", lambda seed, n_train: "a changed generator")
+    for (fraction, stage), key in keys.items():
+        reads_suite = stage in ("finetune", "eval") or (stage == "pretrain" and fraction > 0)
+        assert (pipeline.stage_key(mix if fraction else no_mix, stage) != key) == reads_suite, stage
 
 
 def test_a_stage_key_follows_the_files_it_builds_on(tmp_path):
@@ -124,3 +136,15 @@ def test_pretraining_mix_draws_task_batches_at_the_asked_rate_reproducibly():
     assert 0.2 < sum(picks) / len(picks) < 0.3
     assert picks == [mixed(step, micro).loss_mask is not None for step in range(400) for micro in range(2)]
     assert not any(mixed_batches(code, tasks, 0.0, seed=7)(s, 0).loss_mask is not None for s in range(50))
+
+
+def test_length_grouped_fine_tuning_batches_are_a_pure_function_of_the_step_with_less_padding():
+    tok = Tokenizer.train(["def f(x):\n    return x + 1\n"], 270, special_tokens=SPECIAL_TOKENS)
+    texts = ["x " * n for n in range(1, 80, 3)]
+    examples = build_examples(tok, [{"kind": "generate", "text": t, "code": t} for t in texts], 256)
+    plain, grouped = sft_batches(examples, 4, seed=3), sft_batches(examples, 4, seed=3, group_by_length=8)
+    for step in (0, 5, 8, 13):   # the same batch whichever step came before (resume, DDP)
+        assert all(torch.equal(a, b) for a, b in zip(grouped(step, 0), grouped(step, 0)))
+        assert grouped(step, 0).idx.shape[0] == 4
+    computed = lambda batches: sum(batches(s, 0).idx.numel() for s in range(64))  # noqa: E731, padding included
+    assert computed(grouped) < 0.8 * computed(plain)

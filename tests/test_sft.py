@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, strategies as st
 
 from minilm.sft import (EOT, SPECIAL_TOKENS, build_examples, collate, extract_completion,
-                        get_sft_batch, iter_sft_batches, render_example, render_prompt,
-                        stop_token_ids, target_text)
+                        get_sft_batch, iter_sft_batches, length_grouped_rows, render_example,
+                        render_prompt, stop_token_ids, target_text)
 from minilm.tokenizer import Tokenizer
 
 TEMPLATES = {
@@ -136,6 +136,22 @@ def test_sft_batches_reproducible_and_validation_covers_all_in_order():
         for row in range(idx.shape[0]):
             seen.append(TOK.decode(targets[row][loss_mask[row].bool()].tolist()))
     assert seen == [target_text(t) + EOT for t in tasks_]
+
+
+@given(lengths=st.lists(st.integers(2, 120), min_size=1, max_size=60), batch_size=st.integers(1, 8),
+       n_batches=st.integers(1, 8), seed=st.integers(0, 2**31))
+def test_length_grouping_only_regroups_a_uniform_draw(lengths, batch_size, n_batches, seed):
+    batches = length_grouped_rows(lengths, batch_size, n_batches, torch.Generator().manual_seed(seed))
+    # The same rows as one uniform draw of n_batches * batch_size, each batch of batch_size ...
+    draw = torch.randint(len(lengths), (batch_size * n_batches,), generator=torch.Generator().manual_seed(seed))
+    assert sorted(r for b in batches for r in b) == sorted(draw.tolist())
+    assert [len(b) for b in batches] == [batch_size] * n_batches
+    # ... grouped: the batches' length ranges do not interleave, so padding is at most an ungrouped draw's.
+    spans = sorted((min(lengths[r] for r in b), max(lengths[r] for r in b)) for b in batches)
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(spans, spans[1:]))
+    assert sum(hi * batch_size for _, hi in spans) <= max(lengths[r] for r in draw.tolist()) * len(draw)
+    again = length_grouped_rows(lengths, batch_size, n_batches, torch.Generator().manual_seed(seed))
+    assert again == batches
 
 
 def test_generated_suite_renders_with_exact_masks():

@@ -12,7 +12,7 @@ from minilm.tasks import (FAMILIES, KINDS, SPLITS, SuiteError, TaskFormatError, 
                           generate_suite, held_out_pairs, load_jsonl, plant_bug, prompt_key, save_jsonl)
 from minilm.tasks.__main__ import main
 from minilm.tasks.compose import ALL_PAIRS, COMPOSE_FAMILIES, EXPRESSIONS, PREDICATES, composition
-from minilm.tasks.family import Raw, instantiate
+from minilm.tasks.family import FRAMES, SEEN_FRAMES, TRAIN_ONLY_FRAMES, Raw, instantiate
 
 SMALL = dict(n_train=1200, n_valid=60, n_test=80)
 
@@ -48,6 +48,20 @@ def test_at_least_40_families_with_4_templates_each_and_4_seen_in_training():
         assert set(family.held_out_templates()).isdisjoint(family.seen_templates())
     categories = {f.category for f in FAMILIES}
     assert {"arithmetic", "comparison", "string", "list", "dict", "compose"} <= categories
+
+
+def test_held_out_frames_keep_their_wording_and_training_only_frames_stay_out_of_the_tests():
+    def trigrams(frame):
+        words = re.findall(r"[a-z]+", re.sub(r"\{\w+\}", "|", frame.lower()).replace("|", " | "))
+        return {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
+    held_out = [i for i in range(len(FRAMES)) if i not in SEEN_FRAMES]
+    for i in held_out:
+        for j in SEEN_FRAMES:
+            assert not trigrams(FRAMES[i]) & trigrams(FRAMES[j]), (FRAMES[i], FRAMES[j])
+    assert set(TRAIN_ONLY_FRAMES) <= set(SEEN_FRAMES)
+    for family in FAMILIES:
+        used_frames = {int(t[1:].split(".")[0]) for t in family.held_out_templates()}
+        assert used_frames.isdisjoint(TRAIN_ONLY_FRAMES) and set(held_out) <= used_frames
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)

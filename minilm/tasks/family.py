@@ -11,7 +11,7 @@ wraps a what phrase in a *frame*, the sentence shape around it:
     what   "the sum of {a} and {b}"
     text   "Write a function add_total(x, y) that returns the sum of x and y."
 
-Frames vary word order, what phrases vary vocabulary. The last frames and the last what phrase of
+Frames vary word order, what phrases vary vocabulary. Frames 4-5 and the last what phrase of
 every family are held out of training (the `test_phrasing` split); a template id names the pair,
 e.g. "f4.w2". The what phrase carries all the meaning, so explain scoring measures its words.
 """
@@ -21,7 +21,14 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
-# Frames 0-3 are used for training; 4-5 appear only in test_phrasing.
+# Frames 4 and 5 appear only in test_phrasing; every other frame is used for training. Frames 6-11
+# came later: they put the function name last, the arguments first or the what phrase early, so that
+# training shows the name and the arguments in many positions (a model trained on frames 0-3 alone,
+# which all name the function first, copied names badly from frames 4-5). Their wording is their
+# own ("call it", "accepts", "should return"): no training frame reuses "Given", "Name the
+# function" or "The function is". They are training-only (TRAIN_ONLY_FRAMES): paired with the
+# held-out what phrase they are used nowhere, so test_phrasing keeps exactly its original templates
+# and tasks.
 FRAMES = (
     "Write a function {f}({args}) that returns {what}.",
     "Write a Python function named {f} that takes {arglist} and returns {what}.",
@@ -29,8 +36,15 @@ FRAMES = (
     "Implement {f}, which takes {arglist} and returns {what}.",
     "Given {arglist}, compute {what}. Name the function {f}.",
     "Return {what}. The function is {f}({args}).",
+    "Write code that takes {arglist} and returns {what}; call it {f}.",
+    "Using {arglist}, produce {what} in a function called {f}.",
+    "The function {f}({args}) should return {what}.",
+    "Create a function that accepts {arglist}, returns {what}, and is named {f}.",
+    "Your task: {what}, computed by {f}({args}).",
+    "Make {f} take {arglist} and give {what} as its output.",
 )
-SEEN_FRAMES = (0, 1, 2, 3)
+SEEN_FRAMES = (0, 1, 2, 3, 6, 7, 8, 9, 10, 11)
+TRAIN_ONLY_FRAMES = (6, 7, 8, 9, 10, 11)
 
 # Name pools. Loop variables used inside solutions (x, y, ch, i, key, value, counts, result) are
 # kept out so an argument can never shadow them.
@@ -73,8 +87,11 @@ class Family:
         return [f"f{i}.w{j}" for i in SEEN_FRAMES for j in range(len(self.whats) - 1)]
 
     def held_out_templates(self) -> list[str]:
+        """A held-out frame with any what phrase, or a frame seen in training (not a training-only
+        one) with the held-out what phrase."""
         seen = set(self.seen_templates())
-        return [t for t in self.templates() if t not in seen]
+        return [t for t in self.templates()
+                if t not in seen and int(t[1:].split(".")[0]) not in TRAIN_ONLY_FRAMES]
 
 
 @dataclass(frozen=True)
