@@ -113,8 +113,9 @@ PRESETS: dict[str, RunConfig] = {
     #     byte on stdlib); the earlier preset (20%, 850 steps, before the frames of tasks/family.py
     #     were added) reached 70/15/19%;
     #   - LoRA rank 64 on every block linear (r=16 reached 10-13% in the same time), lr 5e-3 (LoRA+
-    #     with lr_B = 4 lr_A diverged); 1100 steps of 32 tasks, batches grouped by length (16 batches
-    #     drawn together), which cut the padding and made a step about 1.5x faster.
+    #     with lr_B = 4 lr_A, and rank 128 with alpha 256, diverged at that lr); 1100 steps of 32
+    #     tasks, batches grouped by length (16 batches drawn together), which cut the padding and
+    #     made a step about 1.5x faster.
     "small": RunConfig(
         model=ModelConfig(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=256),
         out_dir="runs/small", dtype="fast", pretrain_task_mix=0.4,
