@@ -32,19 +32,15 @@ _DATA_FIELDS = ("corpus", "corpus_max_bytes")
 STAGE_FIELDS = {
     "tokenizer": (*_DATA_FIELDS, "tokenizer_backend", "tokenizer_pattern", "model.vocab_size"),
     "pretrain": (*_DATA_FIELDS, "model", "seed", "task_seed", "pretrain_task_mix", "ft_batch_size",
-                 "ft_group_by_length", "dtype",
-                 "batch_size", "grad_accum", "max_iters", "lr", "min_lr", "warmup_iters", "weight_decay", "beta1",
-                 "beta2", "grad_clip", "eval_interval", "eval_iters", "patience"),
+                 "ft_group_by_length", "dtype", "batch_size", "grad_accum", "max_iters", "lr", "min_lr",
+                 "warmup_iters", "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval", "eval_iters",
+                 "patience"),
     "finetune": ("task_seed", "seed", "dtype", "eval_max_new_tokens", "finetune", "ft_max_iters", "ft_batch_size",
                  "ft_lr", "ft_warmup_iters", "ft_eval_interval", "ft_grad_accum", "ft_group_by_length",
                  "ft_metric", "ft_pass_tasks", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
                  "loraplus_ratio", "top_k_layers", "weight_decay", "beta1", "beta2", "grad_clip", "patience"),
     "eval": ("task_seed", "eval_max_new_tokens", "eval_tasks_per_split"),
 }
-# Stages that read the task suite also key on its content, so a change to the generator's code
-# (a new family, phrasing or weight) redoes them; pretraining reads it only through the data mix.
-_READS_SUITE = {"pretrain": lambda cfg: cfg.pretrain_task_mix > 0, "finetune": lambda cfg: True,
-                "eval": lambda cfg: True}
 # The files a stage's result depends on: the outputs of the stages before it.
 STAGE_INPUTS = {
     "tokenizer": (),
@@ -71,7 +67,9 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
         "files": {name: ckpt.file_sha256(run_dir / name) for name in STAGE_INPUTS[stage]
                   if (run_dir / name).is_file()},
     }
-    if _READS_SUITE.get(stage, lambda cfg: False)(cfg):
+    # A stage that reads the task suite also keys on its content, so a change to the generator's
+    # code (a new family, phrasing or weight) redoes it; pretraining reads it only through the mix.
+    if stage in ("finetune", "eval") or (stage == "pretrain" and cfg.pretrain_task_mix > 0):
         from minilm.tasks import suite_fingerprint
         inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size)
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()

@@ -259,8 +259,8 @@ def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
 
     batches = sft_batches(train_examples, cfg.ft_batch_size, cfg.seed, cfg.ft_group_by_length)
     trainer = Trainer(model, finetune_schedule(cfg), batches, evaluate, save_best, cfg.out_dir, device=device,
-                      dtype=dtype, dist=dist, compile=cfg.compile, param_groups=groups, run_info={**info, "config": to_dict(cfg)},
-                      peak_flops_override=cfg.peak_flops, log=log)
+                      dtype=dtype, dist=dist, compile=cfg.compile, param_groups=groups,
+                      run_info={**info, "config": to_dict(cfg)}, peak_flops_override=cfg.peak_flops, log=log)
     return trainer.fit(resume=resume)
 
 
