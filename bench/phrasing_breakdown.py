@@ -15,12 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minilm.tasks import FAMILY_BY_NAME, SEEN_FRAMES, generate_suite  # noqa: E402
+from minilm.tasks.family import template_parts  # noqa: E402
 
 PARTS = ("new frame, seen what phrase", "seen frame, new what phrase", "new frame and new what phrase")
 
 
 def novelty(task: dict) -> str:
-    frame, what = (int(part[1:]) for part in task["template"].split("."))
+    frame, what = template_parts(task["template"])
     new_frame = frame not in SEEN_FRAMES
     new_what = what == len(FAMILY_BY_NAME[task["family"]].whats) - 1
     return PARTS[2] if new_frame and new_what else PARTS[0] if new_frame else PARTS[1]

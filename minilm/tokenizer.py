@@ -110,7 +110,9 @@ class Tokenizer:
         if backend != "minilm":
             raise ValueError(f"backend must be 'minilm' or 'tokenizers', got {backend!r}")
         word_counts = bpe.count_words(texts, pattern, special_tokens)
-        report = _print_progress if progress else None
+        report = None
+        if progress:
+            report = lambda done, total, s: print(f"bpe: {done}/{total} merges, {s:.1f}s", file=sys.stderr)  # noqa: E731
         strings, merges = bpe.train_bpe(word_counts, vocab_size, special_tokens, min_frequency, report)
         # Keep each pair at its last rank, as tokenizers' saved model does (only rule 5 repeats a pair).
         last = {(left, right): k for k, (left, right, _) in enumerate(merges)}
@@ -356,10 +358,6 @@ def render(data):
     """Bytes as readable text: valid UTF-8 as is, control characters and invalid bytes escaped."""
     text = data.decode("utf-8", "backslashreplace")
     return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text)
-
-
-def _print_progress(done, total, seconds):
-    print(f"bpe: {done}/{total} merges, {seconds:.1f}s", file=sys.stderr, flush=True)
 
 
 def _read_json(path):

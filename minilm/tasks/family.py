@@ -81,6 +81,7 @@ class Family:
     cases: Callable[[random.Random, dict], list] | None = None
 
     def templates(self) -> list[str]:
+        """Every template id, "f{frame}.w{what}"; `template_parts` reads one back."""
         return [f"f{i}.w{j}" for i in range(len(FRAMES)) for j in range(len(self.whats))]
 
     def seen_templates(self) -> list[str]:
@@ -91,7 +92,13 @@ class Family:
         one) with the held-out what phrase."""
         seen = set(self.seen_templates())
         return [t for t in self.templates()
-                if t not in seen and int(t[1:].split(".")[0]) not in TRAIN_ONLY_FRAMES]
+                if t not in seen and template_parts(t)[0] not in TRAIN_ONLY_FRAMES]
+
+
+def template_parts(template: str) -> tuple[int, int]:
+    """The frame index and the what-phrase index of a template id: "f4.w2" -> (4, 2)."""
+    frame, what = template.split(".")
+    return int(frame[1:]), int(what[1:])
 
 
 @dataclass(frozen=True)
@@ -119,8 +126,9 @@ def instantiate(family: Family, rng: random.Random, template: str, env: dict | N
     for key, value in env.items():
         if not key.startswith("_"):   # "_" keys are for the oracle only (e.g. part functions)
             slots[key] = value if isinstance(value, Raw) else repr(value)
-    what = family.whats[int(template.split(".w")[1])].format(**slots)
-    frame = FRAMES[int(template[1:].split(".")[0])]
+    frame_index, what_index = template_parts(template)
+    what = family.whats[what_index].format(**slots)
+    frame = FRAMES[frame_index]
     arglist = " and ".join(f"{TYPE_WORDS[t]} {n}" for t, n in zip(types, names))
     text = frame.format(f=entry_point, args=", ".join(names), arglist=arglist, what=what)
     text = text[0].upper() + text[1:]
