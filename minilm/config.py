@@ -18,6 +18,9 @@ class ConfigError(ValueError):
     """A bad preset, key or value. Entry points print it on one line and exit with code 2."""
 
 
+OPTIMIZERS = ("adamw", "muon")  # minilm/optim.py builds them
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 4096
@@ -28,12 +31,19 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
     attention: str = "sdpa"  # "sdpa" (fast: F.scaled_dot_product_attention) or "reference" (the formula)
+    position: str = "learned"  # "learned" (GPT-2's table of block_size vectors) or "rope" (rotary, relative)
+    rope_base: float = 10000.0  # rotary: wavelengths run from 2 pi to about 2 pi rope_base
 
     def __post_init__(self):
         if self.attention not in ("sdpa", "reference"):
             raise ConfigError(f"attention must be 'sdpa' or 'reference', got {self.attention!r}")
+        if self.position not in ("learned", "rope"):
+            raise ConfigError(f"position must be 'learned' or 'rope', got {self.position!r}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"rope rotates pairs of channels, so the head size must be even, got "
+                              f"{self.n_embd // self.n_head}; change n_embd or n_head")
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class RunConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    optimizer: str = "adamw"  # pretraining: "adamw", or "muon" (Muon for the blocks' matrices, AdamW for the rest)
     eval_interval: int = 200
     eval_iters: int = 20
     log_interval: int = 20
@@ -91,6 +102,10 @@ class RunConfig:
     # evaluation
     eval_max_new_tokens: int = 128
     eval_tasks_per_split: int = 100
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
 
 
 PRESETS: dict[str, RunConfig] = {

@@ -71,6 +71,9 @@ def load_hf_gpt2(cls, path_or_state_dict, **config_overrides):
 
 def to_hf_state_dict(model) -> dict:
     """Our weights in GPT2LMHeadModel's layout; tensors are copies, so saving them is safe."""
+    if model.config.position != "learned":
+        raise ValueError(f"GPT-2's format has a learned position table; this model uses "
+                         f"position={model.config.position!r}, which it cannot express")
     return {k: (v.t() if k.endswith(CONV1D_SUFFIXES) else v).detach().clone().contiguous()
             for k, v in model.state_dict().items()}
 

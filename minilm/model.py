@@ -3,6 +3,11 @@
     idx (B, T) -> token embedding + position embedding -> n_layer x Block -> LayerNorm -> logits (B, T, V)
     Block(x) = x + Attention(LayerNorm(x)),  then  x + MLP(LayerNorm(x))      (pre-LayerNorm)
 
+Positions enter one of two ways (ModelConfig.position):
+  - "learned": GPT-2's table of block_size vectors added to the token embeddings;
+  - "rope":    rotary embeddings, which rotate queries and keys by an angle proportional to their
+               position, so q_i . k_j depends on the offset i - j only (Su et al. 2021).
+
 Attention has two paths that compute the same function (tests/test_model.py proves it):
   - "reference": the formula written out, softmax(Q K^T / sqrt(d_head) + causal_mask) V;
   - "sdpa":      torch's F.scaled_dot_product_attention (flash attention on CUDA).
@@ -57,6 +62,24 @@ def causal_mask(q_len: int, k_len: int, device) -> torch.Tensor:
     return k_pos <= q_pos
 
 
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float):
+    """cos and sin of the rotary angles, each (T, head_dim / 2): angle[p, i] = p * base^(-2i / head_dim)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (x[i], x[i + hs/2]) of x (B, nh, T, hs) by the angles of their positions.
+
+    A rotation by angle a at position p and by b at position q leaves the dot product depending on
+    a - b alone, which is why rotary attention scores see relative positions.
+    """
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 def reference_attention(q, k, v, mask):
     """softmax(Q K^T / sqrt(d_head) + mask) V, written out. q: (B, nh, Tq, hs), k, v: (B, nh, Tk, hs)."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, Tq, Tk)
@@ -76,11 +99,13 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cache: Optional[KVCache] = None, layer: int = 0):
+    def forward(self, x, cache: Optional[KVCache] = None, layer: int = 0, rotary=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs): each head attends independently over its own slice.
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rotary is not None:  # (cos, sin) of these T positions; cached keys were rotated before
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
         dropout_p = self.dropout if self.training else 0.0
@@ -116,8 +141,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache: Optional[KVCache] = None, layer: int = 0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x, cache: Optional[KVCache] = None, layer: int = 0, rotary=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, rotary)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -127,11 +152,12 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias),
         ))
+        if config.position == "learned":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as GPT-2
         self.apply(self._init_weights)
@@ -157,9 +183,15 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens exceeds the context of {self.config.block_size}; "
                 "shorten the input or use a model with a larger block_size")
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rotary = None
+        if self.config.position == "learned":
+            x = x + self.transformer.wpe(pos)
+        else:
+            rotary = rotary_cos_sin(pos, self.config.n_embd // self.config.n_head, self.config.rope_base)
+        x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, rotary)
         if cache is not None:
             cache.length += T
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
@@ -171,7 +203,9 @@ class GPT(nn.Module):
         non_embedding=True leaves out the position table, the convention of the 6N FLOPs estimate.
         """
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if non_embedding and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
 
     def flops_per_token(self, seq_len: Optional[int] = None) -> float:
         """Training FLOPs per token: 6N for the matmuls (forward 2N, backward 4N) plus attention.

@@ -8,6 +8,11 @@ AdamW with decoupled weight decay, applied only where it means "prefer small wei
 
 Rule used: a parameter decays when it is 2-D and is not the position embedding.
 
+Optionally ("muon"), the weight matrices inside the blocks use torch.optim.Muon instead: momentum
+SGD whose update is orthogonalised by a few Newton-Schulz iterations (Jordan et al. 2024), scaled to
+AdamW's update size ("match_rms_adamw") so the same lr applies. Embeddings, biases and LayerNorms
+stay on AdamW, as Muon is defined for hidden matrices only. `OptimizerPair` steps both as one.
+
 Schedule (`lr_at`), as in GPT-2/nanoGPT:
 
     step < warmup:           lr * (step + 1) / warmup                    linear warm-up
@@ -21,6 +26,8 @@ from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
+
+from minilm.config import OPTIMIZERS
 
 NO_DECAY_NAMES = ("wpe.weight",)  # 2-D, but a position table, not a weight matrix
 
@@ -42,21 +49,67 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay:
     return [g for g in groups if g["params"]]
 
 
+class OptimizerPair:
+    """Two optimizers over disjoint parameters, stepped, zeroed and checkpointed as one."""
+
+    def __init__(self, **optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def step(self):
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict):
+        if set(state) != set(self.optimizers):
+            raise ValueError(f"optimizer state holds {sorted(state)}, expected {sorted(self.optimizers)}")
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+
+def is_hidden_matrix(name: str, p: nn.Parameter) -> bool:
+    """A weight matrix inside a transformer block: what Muon is for (not embeddings, not the head)."""
+    return p.dim() == 2 and ".h." in f".{name}"
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                   device_type: str, groups: Optional[list[dict]] = None) -> torch.optim.AdamW:
-    """AdamW over the model's trainable parameters.
+                   device_type: str, groups: Optional[list[dict]] = None, kind: str = "adamw"):
+    """AdamW (or Muon + AdamW, kind="muon") over the model's trainable parameters.
 
     `groups` lets a caller pass its own param groups (e.g. LoRA+ gives B a larger lr through an
     "lr_scale" key); by default `param_groups` splits decay / no-decay. The fused kernel is used on
     CUDA (one launch for all parameters), the multi-tensor "foreach" path elsewhere.
     """
-    groups = groups if groups is not None else param_groups(model.named_parameters(), weight_decay)
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
+    if groups is not None and kind != "adamw":
+        raise ValueError("custom param groups (e.g. LoRA+) are built for AdamW; use optimizer 'adamw'")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    on_muon = [(n, p) for n, p in named if kind == "muon" and is_hidden_matrix(n, p)]
+    if groups is None:
+        muon_names = {n for n, _ in on_muon}
+        groups = param_groups([(n, p) for n, p in named if n not in muon_names], weight_decay)
     if not any(g["params"] for g in groups):
         raise ValueError("no trainable parameters: everything is frozen; unfreeze a layer or add LoRA")
     for g in groups:
         g.setdefault("lr_scale", 1.0)  # the scheduler sets lr = schedule(step) * lr_scale
     kwargs = {"fused": True} if device_type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, **kwargs)
+    adamw = torch.optim.AdamW(groups, lr=lr, betas=betas, **kwargs)
+    if not on_muon:
+        return adamw
+    muon_group = {"params": [p for _, p in on_muon], "names": [n for n, _ in on_muon], "lr_scale": 1.0}
+    muon = torch.optim.Muon([muon_group], lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+    return OptimizerPair(adamw=adamw, muon=muon)
 
 
 def lr_at(step: int, lr: float, min_lr: float, warmup_iters: int, total_iters: int) -> float:

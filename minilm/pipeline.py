@@ -33,7 +33,7 @@ STAGE_FIELDS = {
     "tokenizer": (*_DATA_FIELDS, "tokenizer_backend", "tokenizer_pattern", "model.vocab_size"),
     "pretrain": (*_DATA_FIELDS, "model", "seed", "task_seed", "pretrain_task_mix", "ft_batch_size",
                  "ft_group_by_length", "dtype", "batch_size", "grad_accum", "max_iters", "lr", "min_lr",
-                 "warmup_iters", "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval", "eval_iters",
+                 "warmup_iters", "weight_decay", "beta1", "beta2", "grad_clip", "optimizer", "eval_interval", "eval_iters",
                  "patience"),
     "finetune": ("task_seed", "seed", "dtype", "eval_max_new_tokens", "finetune", "ft_max_iters", "ft_batch_size",
                  "ft_lr", "ft_warmup_iters", "ft_eval_interval", "ft_grad_accum", "ft_group_by_length",

@@ -35,8 +35,8 @@ def pretrain_schedule(cfg: RunConfig) -> Schedule:
                     warmup_iters=cfg.warmup_iters, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                     eval_interval=cfg.eval_interval, log_interval=cfg.log_interval,
                     ckpt_interval=cfg.ckpt_interval, normalize="token", grad_clip=cfg.grad_clip,
-                    weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2), metric="val_loss",
-                    patience=cfg.patience, seed=cfg.seed)
+                    weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2), optimizer=cfg.optimizer,
+                    metric="val_loss", patience=cfg.patience, seed=cfg.seed)
 
 
 def finetune_schedule(cfg: RunConfig) -> Schedule:

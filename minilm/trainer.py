@@ -81,6 +81,7 @@ class Schedule:
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still computed, to detect divergence)
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.95)
+    optimizer: str = "adamw"  # "adamw" or "muon" (Muon for the blocks' matrices, AdamW for the rest)
     metric: str = "val_loss"  # the early-stopping metric
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
     seed: int = 1337
@@ -168,7 +169,7 @@ class Trainer:
         self.run_info = dict(run_info or {})  # config, tokenizer and corpus hashes: saved with checkpoints
         self.log = log if dist.is_main else (lambda *_: None)
         self.optimizer = make_optimizer(model, schedule.lr, schedule.weight_decay, schedule.betas,
-                                        self.device.type, groups=param_groups)
+                                        self.device.type, groups=param_groups, kind=schedule.optimizer)
         self.model = model  # what the steps call: compiled and/or DDP-wrapped; saving uses raw_model
         if compile:
             self.model = torch.compile(self.model)

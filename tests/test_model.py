@@ -1,5 +1,6 @@
 """Properties of the decoder: causality, the two attention paths agree, the KV cache changes nothing,
-batch independence, the closed-form parameter count, and the GPT-2 format round trip."""
+batch independence, rotary positions see offsets only, the closed-form parameter count, and the
+GPT-2 format round trip. Every shape-drawn property runs with both position encodings."""
 from dataclasses import replace
 
 import pytest
@@ -8,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from minilm.config import ModelConfig
 from minilm.gpt2_interop import save_hf_gpt2
-from minilm.model import GPT, KVCache, causal_mask, reference_attention, sample_next
+from minilm.model import GPT, KVCache, apply_rotary, causal_mask, reference_attention, rotary_cos_sin, sample_next
 
 
 def make_model(seed=0, attention="sdpa", **overrides):
@@ -20,14 +21,15 @@ def make_model(seed=0, attention="sdpa", **overrides):
 shapes = st.fixed_dictionaries({
     "n_layer": st.integers(1, 2), "n_head": st.sampled_from([1, 2, 4]),
     "head_dim": st.sampled_from([4, 8]), "bias": st.booleans(), "T": st.integers(1, 16),
-    "B": st.integers(1, 3), "seed": st.integers(0, 2**16),
+    "B": st.integers(1, 3), "seed": st.integers(0, 2**16), "position": st.sampled_from(["learned", "rope"]),
 })
 
 
 def model_for(s, attention):
     torch.manual_seed(s["seed"])
     config = ModelConfig(vocab_size=50, block_size=16, n_layer=s["n_layer"], n_head=s["n_head"],
-                         n_embd=s["n_head"] * s["head_dim"], bias=s["bias"], attention=attention)
+                         n_embd=s["n_head"] * s["head_dim"], bias=s["bias"], attention=attention,
+                         position=s["position"])
     return GPT(config)
 
 
@@ -78,11 +80,12 @@ def test_reference_attention_formula_on_a_hand_example():
     torch.testing.assert_close(out[0, 0, 1], w[0] * v[0, 0, 0] + w[1] * v[0, 0, 1])
 
 
+@pytest.mark.parametrize("position", ["learned", "rope"])
 @pytest.mark.parametrize("attention", ["reference", "sdpa"])
 @given(seed=st.integers(0, 1000), prompt_len=st.integers(1, 10), new=st.integers(1, 40))
-def test_greedy_generation_with_cache_equals_recompute(attention, seed, prompt_len, new):
+def test_greedy_generation_with_cache_equals_recompute(attention, position, seed, prompt_len, new):
     """Including past the context (32): both then fall back to the last block_size tokens."""
-    model = make_model(seed, attention)
+    model = make_model(seed, attention, position=position)
     idx = torch.randint(0, 97, (2, prompt_len), generator=torch.Generator().manual_seed(seed))
     with_cache = model.generate(idx, new, temperature=0, use_cache=True)
     without = model.generate(idx, new, temperature=0, use_cache=False)
@@ -122,6 +125,40 @@ def test_prompt_longer_than_context_is_a_clear_error():
         model.generate(torch.zeros(1, 33, dtype=torch.long), 1)
     with pytest.raises(ValueError, match="prompt is empty"):
         model.generate(torch.zeros(1, 0, dtype=torch.long), 1)
+
+
+@given(st.sampled_from([2, 4, 8, 16]), st.integers(0, 200), st.integers(0, 200), st.integers(-50, 50),
+       st.integers(0, 2**16))
+def test_rotary_scores_depend_on_the_offset_only(head_dim, i, j, shift, seed):
+    """q_i . k_j after rotation is a function of i - j: shifting both positions leaves it unchanged,
+    and a rotation keeps each vector's length."""
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, 1, 1, 1, head_dim, generator=g, dtype=torch.float64)
+
+    def rotate(x, position):
+        cos, sin = rotary_cos_sin(torch.tensor([position]), head_dim, 10000.0)
+        return apply_rotary(x, cos.double(), sin.double())
+
+    tol = 1e-5 * float(q.norm() * k.norm())  # the angles are float32: p * theta is exact to ~1e-7 p
+    score = (rotate(q, i) * rotate(k, j)).sum()
+    shifted = (rotate(q, i + abs(shift)) * rotate(k, j + abs(shift))).sum()
+    torch.testing.assert_close(score, shifted, rtol=0, atol=tol)
+    torch.testing.assert_close(rotate(q, i).norm(), q.norm(), rtol=1e-6, atol=0)
+    if i == j:  # no offset, no rotation between them: the plain dot product
+        torch.testing.assert_close(score, (q * k).sum(), rtol=0, atol=tol)
+
+
+def test_rope_model_has_no_position_table_and_cannot_be_exported_as_gpt2():
+    model = make_model(position="rope")
+    assert "transformer.wpe.weight" not in model.state_dict()
+    assert model.num_parameters(non_embedding=True) == model.num_parameters()
+    with pytest.raises(ValueError, match="learned position table"):
+        model.to_hf_gpt2()
+    from minilm.config import ConfigError
+    with pytest.raises(ConfigError, match="head size must be even"):
+        ModelConfig(n_embd=12, n_head=4, position="rope")
+    with pytest.raises(ConfigError, match="position must be"):
+        ModelConfig(position="alibi")
 
 
 @given(st.integers(0, 1000), st.integers(2, 4))

@@ -26,7 +26,7 @@ from minilm.config import PRESETS
 from minilm.distributed import DistInfo
 from minilm.loss import nll_loss
 from minilm.model import GPT
-from minilm.optim import lr_at, param_groups
+from minilm.optim import lr_at, make_optimizer, param_groups
 from minilm.trainer import (Batch, EarlyStopping, Schedule, Trainer, TrainingDiverged, TrainingInterrupted,
                             estimate_loss)
 
@@ -247,8 +247,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert all(torch.isfinite(t).all() for t in tensors.values())
 
 
-def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_identically(tmp_path):
-    reference = make_trainer(tmp_path / "ref", max_iters=8)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # muon: both optimizers' states checkpointed
+def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_identically(tmp_path, optimizer):
+    reference = make_trainer(tmp_path / "ref", max_iters=8, optimizer=optimizer)
     reference.fit()
     batches = stream_batches(4)
 
@@ -256,12 +257,12 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_identically(tmp_path):
         if step == 4:
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C delivers
         return batches(step, micro)
-    interrupted = make_trainer(tmp_path / "run", batches=source, max_iters=8)
+    interrupted = make_trainer(tmp_path / "run", batches=source, max_iters=8, optimizer=optimizer)
     with pytest.raises(TrainingInterrupted, match="step 5.*--resume"):
         interrupted.fit()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     assert ckpt.latest_checkpoint(tmp_path / "run" / "pretrain" / "checkpoints").name == "step_000005"
-    resumed = make_trainer(tmp_path / "run", max_iters=8)
+    resumed = make_trainer(tmp_path / "run", max_iters=8, optimizer=optimizer)
     resumed.fit(resume=True)
     assert_same_weights(weights(reference), weights(resumed))
 
@@ -340,3 +341,18 @@ def test_plot_draws_the_curves(tmp_path):
     make_trainer(tmp_path, max_iters=4, eval_interval=2).fit()
     out = plot_run(tmp_path)
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    model = GPT(MODEL)
+    pair = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), "cpu", kind="muon")
+    muon_names = [n for g in pair.optimizers["muon"].param_groups for n in g["names"]]
+    adamw_names = [n for g in pair.optimizers["adamw"].param_groups for n in g["names"]]
+    assert muon_names and all(n.startswith("transformer.h.") and n.endswith("weight") and ".ln_" not in n
+                              for n in muon_names)
+    assert "transformer.wte.weight" in adamw_names  # the embedding (and tied head) is not a hidden matrix
+    assert sorted(muon_names + adamw_names) == sorted(n for n, _ in model.named_parameters())
+    with pytest.raises(ValueError, match="built for AdamW"):
+        make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), "cpu", groups=param_groups(model.named_parameters(), 0.1),
+                       kind="muon")
+
