@@ -26,7 +26,10 @@ from typing import Any, Callable
 # training shows the name and the arguments in many positions (a model trained on frames 0-3 alone,
 # which all name the function first, copied names badly from frames 4-5). Their wording is their
 # own ("call it", "accepts", "should return"): no training frame reuses "Given", "Name the
-# function" or "The function is". They are training-only (TRAIN_ONLY_FRAMES): paired with the
+# function" or "The function is". Frames 12-14 put verbs of the name pool (compute, find, get,
+# make) in the prose before the name, so that a model learns to copy the name from where the
+# sentence gives it rather than the first name-like verb (models trained without them named
+# frame 4's functions "compute_..."). All are training-only (TRAIN_ONLY_FRAMES): paired with the
 # held-out what phrase they are used nowhere, so test_phrasing keeps exactly its original templates
 # and tasks.
 FRAMES = (
@@ -42,9 +45,12 @@ FRAMES = (
     "Create a function that accepts {arglist}, returns {what}, and is named {f}.",
     "Your task: {what}, computed by {f}({args}).",
     "Make {f} take {arglist} and give {what} as its output.",
+    "The goal is to compute {what} from {arglist}; the function must be called {f}.",
+    "We want to find {what} for {arglist}. Write it as {f}({args}).",
+    "To get {what}, make a function {f} that takes {arglist}.",
 )
-SEEN_FRAMES = (0, 1, 2, 3, 6, 7, 8, 9, 10, 11)
-TRAIN_ONLY_FRAMES = (6, 7, 8, 9, 10, 11)
+SEEN_FRAMES = (0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14)
+TRAIN_ONLY_FRAMES = (6, 7, 8, 9, 10, 11, 12, 13, 14)
 
 # Name pools. Loop variables used inside solutions (x, y, ch, i, key, value, counts, result) are
 # kept out so an argument can never shadow them.
