@@ -8,7 +8,7 @@ Run directory (RUN_DIR = --out_dir):
     RUN_DIR/pretrain/metrics.jsonl            one JSON object per log line / evaluation
     RUN_DIR/pretrain/checkpoints/LATEST       name of the newest complete checkpoint, e.g. "step_000400"
     RUN_DIR/pretrain/checkpoints/step_000400/ weights.safetensors  trainable parameters
-                                              optimizer.pt         AdamW state (tensors, lists, numbers)
+                                              optimizer.pt         optimizer state (tensors, lists, numbers)
                                               state.json           step, data position, early-stopping
                                                                    state, config, tokenizer and corpus
                                                                    hashes, sha256 of the two files above

@@ -129,9 +129,9 @@ PRESETS: dict[str, RunConfig] = {
     #     mix"): the special prompt tokens get trained embeddings before LoRA freezes them, and the
     #     whole model sees the task format (60% was no better with learned positions: 73/42/37%
     #     and 2.05 bits per byte);
-    #   - more pretraining, less fine-tuning: with rope + Muon and frames 12-14, 550 + 1100 steps
-    #     (LoRA lr 2.5e-3) gave 83/60/79%,
-    #     650 + 900 gave 84/66/76% and 750 + 700 gave 82/70/79% (this preset, 1.566 bits per byte);
+    #   - more pretraining, less fine-tuning: with rope + Muon and frames 12-14 (LoRA lr 2.5e-3),
+    #     550 + 1100 steps gave 83/60/79%, 650 + 900 gave 84/66/76% and 750 + 700 gave 82/70/79%
+    #     (this preset, 1.566 bits per byte);
     #   - LoRA rank 64 on every block linear (r=16 reached 10-13% in the same time), lr 2.5e-3
     #     (5e-3 first raised the validation loss of the rope + Muon base and ended higher: 87/42/75%
     #     vs 89/47/78% at 2.5e-3); batches of 32 tasks grouped by length (16 batches drawn

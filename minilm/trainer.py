@@ -12,7 +12,7 @@ their padding (a per-batch mean averaged over micro-batches would weigh a token 
 micro-batch more). Under DDP the total W is summed over ranks first, and each rank's loss is
 multiplied by the world size because DDP averages gradients.
 
-Then: clip the gradient norm, check it is finite (else stop, naming the step), take the AdamW step
+Then: clip the gradient norm, check it is finite (else stop, naming the step), take the optimizer step
 at lr_at(step). Every batch is a pure function of (step, micro-batch index), and the random draws
 of a micro-batch (dropout) come from the global generator seeded with (seed, step, micro) just
 before it runs. So the run's state at a step boundary is the weights, the optimizer state and the
@@ -210,7 +210,7 @@ class Trainer:
         return nll_total.item() / max(local_weight, 1), tokens * self.dist.world_size
 
     def train_step(self, step: int) -> tuple[float, float, int]:
-        """One optimizer step: lr, gradients, clipping, divergence check, AdamW. (loss, grad norm, tokens)."""
+        """One optimizer step: lr, gradients, clipping, divergence check, update. (loss, grad norm, tokens)."""
         s = self.schedule
         set_lr(self.optimizer, lr_at(step, s.lr, s.min_lr, s.warmup_iters, s.max_iters))
         loss, tokens = self.accumulate_gradients(step)
