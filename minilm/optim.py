@@ -95,7 +95,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tupl
     if groups is not None and kind != "adamw":
         raise ValueError("custom param groups (e.g. LoRA+) are built for AdamW; use optimizer 'adamw'")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    on_muon = [(n, p) for n, p in named if kind == "muon" and is_hidden_matrix(n, p)]
+    on_muon = [(n, p) for n, p in named if is_hidden_matrix(n, p)] if kind == "muon" else []
     if groups is None:
         muon_names = {n for n, _ in on_muon}
         groups = param_groups([(n, p) for n, p in named if n not in muon_names], weight_decay)

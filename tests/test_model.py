@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from minilm.config import ModelConfig
+from minilm.config import ConfigError, ModelConfig
 from minilm.gpt2_interop import save_hf_gpt2
 from minilm.model import GPT, KVCache, apply_rotary, causal_mask, reference_attention, rotary_cos_sin, sample_next
 
@@ -154,7 +154,6 @@ def test_rope_model_has_no_position_table_and_cannot_be_exported_as_gpt2():
     assert model.num_parameters(non_embedding=True) == model.num_parameters()
     with pytest.raises(ValueError, match="learned position table"):
         model.to_hf_gpt2()
-    from minilm.config import ConfigError
     with pytest.raises(ConfigError, match="head size must be even"):
         ModelConfig(n_embd=12, n_head=4, position="rope")
     with pytest.raises(ConfigError, match="position must be"):

@@ -92,6 +92,7 @@ def test_train_py_reuses_a_finished_stage_and_force_redoes_it(tmp_path):
     (["--config", "huge"], "unknown config 'huge'"),
     (["--stage", "deploy"], "--stage must be one of"),
     (["--max_iter", "3"], "did you mean --max_iters?"),
+    (["--optimizer", "sgd"], "--optimizer must be one of adamw, muon"),
 ])
 def test_train_py_bad_input_is_one_line_and_exit_2(argv, message):
     result = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True, text=True,
