@@ -3,6 +3,7 @@ import ast
 import json
 import random
 import re
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from minilm.tasks import (FAMILIES, KINDS, SPLITS, SuiteError, TaskFormatError, check_suite, explain_f1,
                           generate_suite, held_out_pairs, load_jsonl, plant_bug, prompt_key, save_jsonl)
 from minilm.tasks.__main__ import main
+from minilm.tasks.suite import FAMILY_BY_NAME, training_weight
 from minilm.tasks.compose import ALL_PAIRS, COMPOSE_FAMILIES, EXPRESSIONS, PREDICATES, composition
 from minilm.tasks.family import FRAMES, SEEN_FRAMES, TRAIN_ONLY_FRAMES, Raw, instantiate, template_parts
 
@@ -197,6 +199,28 @@ def test_test_splits_do_not_depend_on_train_size():
     b = generate_suite(seed=5, n_train=150, n_valid=10, n_test=20, check=False)
     for split in ("valid", "test_seen", "test_phrasing", "test_compose"):
         assert a[split] == b[split]
+
+
+def test_train_leans_toward_multi_argument_families_and_the_test_splits_do_not(suite):
+    """training_weight draws 2- and 3-argument families more often in train (copying an argument list
+    is what they teach); the test splits draw families uniformly."""
+    composing = {f.name for f in COMPOSE_FAMILIES}   # pair families have their own weight; skip them
+    plain = [f for f in FAMILIES if f.name not in composing]
+
+    def share(records, n_args):
+        kept = [r for r in records if r["family"] not in composing]
+        return sum(len(FAMILY_BY_NAME[r["family"]].args) == n_args for r in kept) / len(kept)
+
+    def uniform(n_args):
+        return sum(len(f.args) == n_args for f in plain) / len(plain)
+
+    assert [training_weight(f) for f in plain if len(f.args) == 1] == [1.0] * sum(len(f.args) == 1 for f in plain)
+    for n_args in (2, 3):
+        assert all(training_weight(f) > 1 for f in plain if len(f.args) == n_args)
+        assert share(suite["train"], n_args) > 1.5 * uniform(n_args)
+    tests = generate_suite(seed=0, n_train=0, n_valid=0, n_test=2000, check=False)
+    for n_args in (1, 2, 3):
+        assert abs(share(tests["test_seen"], n_args) - uniform(n_args)) < 0.03
 
 
 def test_bad_arguments_are_refused():

@@ -36,6 +36,11 @@ DEFAULT_KIND_WEIGHTS = {"generate": 0.6, "repair": 0.2, "explain": 0.2}
 # and at weight 1 they were 2 of 63 families (about 190 of 6,000 training tasks). The test splits
 # draw families uniformly.
 PAIR_FAMILY_WEIGHT = 4.0
+# ... and a family with several arguments this many times as often as a one-argument family: the
+# model must copy the argument list in order from the prose ("an integer t and an integer m and an
+# integer val" -> "(t, m, val)"), and at weight 1 the 2 three-argument families were 3% of training.
+# Models trained so wrote "def f(t, val, val)": 0-1 of 7 three-argument test_seen tasks passed.
+ARG_COUNT_WEIGHT = {1: 1.0, 2: 2.0, 3: 6.0}
 
 
 class SuiteError(ValueError):
@@ -80,11 +85,16 @@ def suite_fingerprint(seed: int = 0, n_train: int = 6000) -> str:
     return hashlib.sha256(json.dumps(suite, sort_keys=True).encode()).hexdigest()
 
 
+def training_weight(family: Family) -> float:
+    """How often train and valid draw `family`, relative to a one-argument family."""
+    return (PAIR_FAMILY_WEIGHT if family.name in PAIR_FAMILIES else 1.0) * ARG_COUNT_WEIGHT[len(family.args)]
+
+
 def _generate_split(split: str, size: int, seed: int, held: frozenset, weights: dict, taken: set) -> list[dict]:
     rng = random.Random(f"{seed}:{split}")
     families = [f for f in FAMILIES if split != "test_compose" or f.name in PAIR_FAMILIES]
     weighted = split in ("train", "valid")
-    family_weights = [PAIR_FAMILY_WEIGHT if f.name in PAIR_FAMILIES else 1.0 for f in families]
+    family_weights = [training_weight(f) for f in families]
     kinds, kind_weights = zip(*weights.items())
     records: list[dict] = []
     attempts = 0
