@@ -136,10 +136,11 @@ PRESETS: dict[str, RunConfig] = {
     #     6x as often (ARG_COUNT_WEIGHT in minilm/tasks/suite.py): test_seen's failures were argument
     #     lists copied wrong ("def f(t, val, val)", 0-1 of 7 three-argument tasks passed). With
     #     750 + 700 steps: 24,000 unweighted tasks 84/67/78%, weighted 98/68/74% (every
-    #     multi-argument task passed; this preset). LoRA lr 3.5e-3 gave 96/70/78% and 95/66/67%;
-    #     500 or 900 LoRA steps gave 96/67/57% and 95/68/75%, LoRA dropout 0.1 96/71/63% but 1.4x
-    #     slower steps (random masks on the CPU; 600 steps of it: 95/67/78% in 15 min 00 s), and
-    #     900 + 550 steps 98/68/72% (1.520 bits per byte) in 14 min 02 s;
+    #     multi-argument task passed), and 95/68/75% once the adapters were seeded (this preset).
+    #     Fine-tuning-only runs on that base (before the seeding: one draw of LoRA's A each): lr
+    #     3.5e-3 gave 96/70/78% and 95/66/67%; 500 or 900 LoRA steps gave 96/67/57% and 95/68/75%;
+    #     LoRA dropout 0.1 96/71/63% but 1.4x slower steps (random masks on the CPU; 600 steps of it:
+    #     95/67/78% in 15 min 00 s). 900 + 550 steps gave 98/68/72% (1.520 bits per byte) in 14:02;
     #   - LoRA rank 64 on every block linear (r=16 reached 10-13% in the same time); lr 5e-3 first
     #     raised the validation loss of the rope + Muon base and scored below 2.5e-3 (87/42/75%
     #     vs 89/47/78%), 1.5e-3 was lower too; batches of 32 tasks grouped by length (16 batches drawn

@@ -199,6 +199,9 @@ def prepare_finetune_model(model, cfg: RunConfig, log=print) -> Optional[list]:
     if cfg.finetune in ("top_k", "lora+top_k"):
         freeze.freeze_all(model)
     if cfg.finetune in ("lora", "lora+top_k"):
+        # The adapters' initial A, from the run's seed: the same whether pretraining ran in this process
+        # or not (torch seeds each new process at random).
+        torch.manual_seed(cfg.seed)
         lora.apply_lora(model, targets=cfg.lora_targets, r=cfg.lora_r, alpha=cfg.lora_alpha,
                         dropout=cfg.lora_dropout)
     if cfg.finetune in ("top_k", "lora+top_k"):  # full weights of the top blocks, next to any adapters

@@ -12,7 +12,8 @@ from minilm import pipeline
 from minilm.config import PRESETS
 from minilm.metrics import pass_at_k
 from minilm.sft import SPECIAL_TOKENS, build_examples
-from minilm.stages import mixed_batches, sft_batches
+from minilm.model import GPT
+from minilm.stages import mixed_batches, prepare_finetune_model, sft_batches
 from minilm.tokenizer import Tokenizer
 from minilm.trainer import Batch
 
@@ -149,3 +150,22 @@ def test_length_grouped_fine_tuning_batches_are_a_pure_function_of_the_step_with
         assert grouped(step, 0).idx.shape[0] == 4
     computed = lambda batches: sum(batches(s, 0).idx.numel() for s in range(64))  # noqa: E731, padding included
     assert computed(grouped) < 0.8 * computed(plain)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "lora+top_k"])
+def test_adapters_start_from_the_run_seed_whatever_ran_before(tmp_path, finetune):
+    """A fine-tuning stage run alone (pretraining reused) must start where it starts after
+    pretraining in the same process: the adapters' initial weights come from cfg.seed, not from
+    the global generator's state (which torch seeds at random in each new process)."""
+    def initial_adapters(global_seed, run_seed=1337):
+        cfg = tiny(tmp_path, finetune=finetune, seed=run_seed)
+        torch.manual_seed(0)
+        model = GPT(cfg.model)
+        torch.manual_seed(global_seed)  # stands for whatever ran before in this process
+        prepare_finetune_model(model, cfg, log=lambda *_: None)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("lora_A")}
+
+    first, second, other_seed = initial_adapters(1), initial_adapters(2), initial_adapters(1, run_seed=7)
+    assert first and first.keys() == second.keys() == other_seed.keys()
+    assert all(torch.equal(first[n], second[n]) for n in first)
+    assert not any(torch.equal(first[n], other_seed[n]) for n in first)

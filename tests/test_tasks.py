@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from minilm.tasks import (FAMILIES, KINDS, SPLITS, SuiteError, TaskFormatError, check_suite, explain_f1,
                           generate_suite, held_out_pairs, load_jsonl, plant_bug, prompt_key, save_jsonl)
 from minilm.tasks.__main__ import main
-from minilm.tasks.suite import FAMILY_BY_NAME, training_weight
 from minilm.tasks.compose import ALL_PAIRS, COMPOSE_FAMILIES, EXPRESSIONS, PREDICATES, composition
 from minilm.tasks.family import FRAMES, SEEN_FRAMES, TRAIN_ONLY_FRAMES, Raw, instantiate, template_parts
+from minilm.tasks.suite import FAMILY_BY_NAME, training_weight
 
 SMALL = dict(n_train=1200, n_valid=60, n_test=80)
 
@@ -214,7 +214,7 @@ def test_train_leans_toward_multi_argument_families_and_the_test_splits_do_not(s
     def uniform(n_args):
         return sum(len(f.args) == n_args for f in plain) / len(plain)
 
-    assert [training_weight(f) for f in plain if len(f.args) == 1] == [1.0] * sum(len(f.args) == 1 for f in plain)
+    assert all(training_weight(f) == 1.0 for f in plain if len(f.args) == 1)
     for n_args in (2, 3):
         assert all(training_weight(f) > 1 for f in plain if len(f.args) == n_args)
         assert share(suite["train"], n_args) > 1.5 * uniform(n_args)
