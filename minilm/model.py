@@ -208,14 +208,18 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: Optional[int] = None) -> float:
-        """Training FLOPs per token: 6N for the matmuls (forward 2N, backward 4N) plus attention.
+        """Training FLOPs per token: 6N for the matmuls plus attention, when every weight trains.
 
-        Attention adds 12 * n_layer * n_embd * T: QK^T and the weighted sum of V, each 2*T*C
-        multiply-adds per token forward, times 3 for forward + backward (PaLM appendix B).
+        Each weight costs 2 FLOPs per token forward, 2 backward to the activations and 2 backward to
+        itself; a frozen weight (under LoRA, almost all of them) skips the last, so the matmuls cost
+        4N + 2N_trainable. Attention adds 12 * n_layer * n_embd * T: QK^T and the weighted sum of V,
+        each 2*T*C multiply-adds per token forward, times 3 for forward + backward (PaLM appendix B).
         """
         cfg = self.config
         T = seq_len or cfg.block_size
-        return 6 * self.num_parameters(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * T
+        n_trainable = sum(p.numel() for name, p in self.named_parameters()
+                          if p.requires_grad and "wpe" not in name)
+        return 4 * self.num_parameters(non_embedding=True) + 2 * n_trainable + 12 * cfg.n_layer * cfg.n_embd * T
 
     def estimate_mfu(self, tokens_per_second: float, peak_flops: float, seq_len: Optional[int] = None) -> float:
         """Model FLOPs utilisation: achieved training FLOP/s as a fraction of the peak given."""

@@ -78,12 +78,18 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 @lru_cache(maxsize=None)
 def measured_matmul_flops(device_type: str, dtype: torch.dtype = torch.float32, n: int = 1024) -> float:
-    """FLOP/s of an n x n matmul on this device, best of a few timed repetitions (~0.2 s)."""
+    """FLOP/s of an n x n matmul on this device, best of ten timed repetitions (~0.3 s on a CPU).
+
+    Two untimed products first, since a kernel's first call pays for its setup. On a shared machine
+    the figure still varies (0.20-0.42 TFLOP/s seen for bf16 on the 2-core CI box), and MFU with it;
+    pass --peak_flops to divide by a fixed figure."""
     device = torch.device(device_type)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
     best = float("inf")
-    for _ in range(5):
+    for _ in range(10):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()

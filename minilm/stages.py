@@ -215,7 +215,7 @@ def prepare_finetune_model(model, cfg: RunConfig, log=print) -> Optional[list]:
 def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = False, log=print) -> TrainResult:
     from minilm import lora
     from minilm.data import tokenizer_fingerprint
-    from minilm.sft import build_examples, iter_sft_batches
+    from minilm.sft import add_embedding_noise, build_examples, iter_sft_batches
     if cfg.ft_metric == "pass@1" and cfg.ft_pass_tasks <= 0:
         raise ConfigError("--ft_metric pass@1 needs validation tasks to run; set --ft_pass_tasks N (e.g. 20)")
     device, dtype = runtime_for(cfg)
@@ -231,6 +231,8 @@ def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
         raise ckpt.CheckpointError(f"{base_path}: pretrained with a different tokenizer than "
                                    f"{run_dir / ckpt.TOKENIZER_FILE}; pretrain again")
     groups = prepare_finetune_model(model, cfg, log)
+    if cfg.ft_neftune_alpha > 0:
+        add_embedding_noise(model, cfg.ft_neftune_alpha)
 
     suite = task_suite(cfg)
     block = cfg.model.block_size

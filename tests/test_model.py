@@ -187,6 +187,11 @@ def test_flops_and_mfu():
     model = make_model()
     n = model.num_parameters(non_embedding=True)
     assert model.flops_per_token(seq_len=32) == 6 * n + 12 * 2 * 32 * 32
+    for p in model.parameters():  # frozen weights need no gradient of their own: 4N instead of 6N
+        p.requires_grad_(False)
+    assert model.flops_per_token(seq_len=32) == 4 * n + 12 * 2 * 32 * 32
+    model.lm_head.weight.requires_grad_(True)  # the tied embedding: counted once
+    assert model.flops_per_token(seq_len=32) == 4 * n + 2 * model.lm_head.weight.numel() + 12 * 2 * 32 * 32
     assert model.estimate_mfu(1000.0, peak_flops=model.flops_per_token() * 2000) == pytest.approx(0.5)
 
 

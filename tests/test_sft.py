@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from minilm.sft import (EOT, SPECIAL_TOKENS, build_examples, collate, extract_completion,
+from minilm.sft import (EOT, SPECIAL_TOKENS, add_embedding_noise, build_examples, collate, extract_completion,
                         get_sft_batch, iter_sft_batches, length_grouped_rows, render_example,
                         render_prompt, stop_token_ids, target_text)
 from minilm.tokenizer import Tokenizer
@@ -163,3 +163,22 @@ def test_generated_suite_renders_with_exact_masks():
         ids, loss_mask = render_example(TOK, record)
         assert TOK.decode([i for i, m in zip(ids, loss_mask) if m]) == target_text(record) + EOT
         assert ids[:len(render_prompt(TOK, record))] == render_prompt(TOK, record)
+
+
+@given(st.integers(1, 12), st.floats(0.5, 20.0))
+def test_embedding_noise_trains_within_its_bound_and_leaves_eval_alone(T, alpha):
+    from minilm.config import ModelConfig
+    from minilm.model import GPT
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    idx = torch.randint(0, 50, (3, T))
+    clean = model.transformer.wte(idx)
+    handle = add_embedding_noise(model, alpha)
+    noisy = model.transformer.wte(idx)  # training mode: clean + U(-1, 1) * alpha / sqrt(T * C)
+    bound = alpha / (T * 8) ** 0.5
+    assert not torch.equal(noisy, clean) and (noisy - clean).abs().max() <= bound
+    model.eval()
+    assert torch.equal(model.transformer.wte(idx), clean)  # evaluation and generation see no noise
+    model.train()
+    handle.remove()
+    assert torch.equal(model.transformer.wte(idx), clean)
