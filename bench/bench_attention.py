@@ -1,6 +1,6 @@
 """Forward + backward throughput of the `small` model with the reference and the SDPA attention paths.
 
-    python bench/bench_attention.py [--steps 10] [--batch_size 8] [--device cpu]
+    python bench/bench_attention.py [--steps 10] [--batch_size 8] [--device cpu] [--dtype bfloat16]
 
 Both paths run in the same process, interleaved, so the ratio is fair on a noisy machine.
 """
@@ -12,13 +12,15 @@ import torch
 
 from minilm.config import PRESETS
 from minilm.model import GPT
+from minilm.runtime import autocast
 
 
-def time_steps(model, idx, steps):
+def time_steps(model, idx, steps, dtype):
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
     for _ in range(steps):
-        logits = model(idx)
+        with autocast(idx.device, dtype):
+            logits = model(idx)
         logits.float().logsumexp(-1).mean().backward()  # any scalar exercises the backward pass
     if idx.is_cuda:
         torch.cuda.synchronize()
@@ -32,7 +34,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="bfloat16 runs under autocast, as train.py's --dtype bfloat16 / fast")
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
 
     config = PRESETS[args.config].model
     models = {}
@@ -42,13 +47,13 @@ def main():
     idx = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size), device=args.device)
     tokens = args.batch_size * config.block_size * args.steps
     for model in models.values():
-        time_steps(model, idx, 1)  # warm-up
+        time_steps(model, idx, 1, dtype)  # warm-up
     best = {path: float("inf") for path in models}
     for _ in range(args.rounds):  # interleave the paths; keep each one's best round
         for path, model in models.items():
-            best[path] = min(best[path], time_steps(model, idx, args.steps))
+            best[path] = min(best[path], time_steps(model, idx, args.steps, dtype))
     print(f"{args.config} model ({models['sdpa'].num_parameters() / 1e6:.2f}M params), "
-          f"batch {args.batch_size} x {config.block_size} tokens, device {args.device}, "
+          f"batch {args.batch_size} x {config.block_size} tokens, device {args.device} {args.dtype}, "
           f"{torch.get_num_threads()} threads")
     for path in models:
         print(f"  {path:9s}: {tokens / best[path]:10.0f} tokens/s (forward+backward)")

@@ -30,13 +30,15 @@ class ModelConfig:
     n_embd: int = 256
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
-    attention: str = "sdpa"  # "sdpa" (fast: F.scaled_dot_product_attention) or "reference" (the formula)
+    # "sdpa" (F.scaled_dot_product_attention), "reference" (the formula) or "auto": the faster of the two
+    # where it runs (reference for bf16 on a CPU, sdpa elsewhere; see minilm/model.py)
+    attention: str = "auto"
     position: str = "learned"  # "learned" (GPT-2's table of block_size vectors) or "rope" (rotary, relative)
     rope_base: float = 10000.0  # rotary: wavelengths run from 2 pi to about 2 pi rope_base
 
     def __post_init__(self):
-        if self.attention not in ("sdpa", "reference"):
-            raise ConfigError(f"attention must be 'sdpa' or 'reference', got {self.attention!r}")
+        if self.attention not in ("auto", "sdpa", "reference"):
+            raise ConfigError(f"attention must be 'auto', 'sdpa' or 'reference', got {self.attention!r}")
         if self.position not in ("learned", "rope"):
             raise ConfigError(f"position must be 'learned' or 'rope', got {self.position!r}")
         if self.n_embd % self.n_head:

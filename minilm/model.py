@@ -10,7 +10,10 @@ Positions enter one of two ways (ModelConfig.position):
 
 Attention has two paths that compute the same function (tests/test_model.py proves it):
   - "reference": the formula written out, softmax(Q K^T / sqrt(d_head) + causal_mask) V;
-  - "sdpa":      torch's F.scaled_dot_product_attention (flash attention on CUDA).
+  - "sdpa":      torch's F.scaled_dot_product_attention (flash attention on CUDA);
+  - "auto" (the default) takes the one that is faster where it runs: the reference under bf16 on a
+    CPU, where two bf16 matmuls beat torch's CPU flash kernel (the small model trains 1.07x faster;
+    bench/bench_attention.py --dtype bfloat16), and sdpa everywhere else (1.09x in fp32 on a CPU).
 
 Module names follow the GPT-2 checkpoint (wte, wpe, h.{i}.attn.c_attn, ln_f, ...), so importing
 Hugging Face GPT-2 weights is a transpose, not a translation table (see minilm/gpt2_interop.py).
@@ -109,7 +112,10 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
         dropout_p = self.dropout if self.training else 0.0
-        if self.path == "reference":
+        path = self.path
+        if path == "auto":
+            path = "reference" if q.device.type == "cpu" and q.dtype == torch.bfloat16 else "sdpa"
+        if path == "reference":
             y = reference_attention(q, k, v, causal_mask(T, k.size(2), x.device))
             y = F.dropout(y, dropout_p, self.training) if dropout_p else y
         elif k.size(2) == T:  # no cached prefix: the plain causal case, which flash attention handles

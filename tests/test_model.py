@@ -69,6 +69,19 @@ def test_kv_cache_prefill_then_continue_matches_full_forward(s, data):
         torch.testing.assert_close(torch.cat(chunks, dim=1), model(idx), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype, expected", [(torch.float32, "sdpa"), (torch.bfloat16, "reference")])
+def test_auto_attention_takes_the_reference_path_only_for_bf16_on_a_cpu(monkeypatch, dtype, expected):
+    import minilm.model
+    calls = []
+    formula = minilm.model.reference_attention
+    monkeypatch.setattr(minilm.model, "reference_attention", lambda *args: calls.append(1) or formula(*args))
+    idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        logits_auto = make_model(attention="auto")(idx)
+        assert bool(calls) == (expected == "reference")
+        assert torch.equal(logits_auto, make_model(attention=expected)(idx))
+
+
 def test_reference_attention_formula_on_a_hand_example():
     q = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # (1, 1, 2, 2)
     k = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]]])
