@@ -12,8 +12,9 @@ Attention has two paths that compute the same function (tests/test_model.py prov
   - "reference": the formula written out, softmax(Q K^T / sqrt(d_head) + causal_mask) V;
   - "sdpa":      torch's F.scaled_dot_product_attention (flash attention on CUDA);
   - "auto" (the default) takes the one that is faster where it runs: the reference under bf16 on a
-    CPU, where two bf16 matmuls beat torch's CPU flash kernel (the small model trains 1.07x faster;
-    bench/bench_attention.py --dtype bfloat16), and sdpa everywhere else (1.09x in fp32 on a CPU).
+    CPU, where two bf16 matmuls keep up with or beat torch's CPU flash kernel (0.99-1.15x for the
+    small model, bench/bench_attention.py --dtype bfloat16), and sdpa everywhere else (1.03-1.09x
+    in fp32 on a CPU; flash attention on CUDA).
 
 Module names follow the GPT-2 checkpoint (wte, wpe, h.{i}.attn.c_attn, ln_f, ...), so importing
 Hugging Face GPT-2 weights is a transpose, not a translation table (see minilm/gpt2_interop.py).
