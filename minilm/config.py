@@ -151,8 +151,8 @@ PRESETS: dict[str, RunConfig] = {
     #   - attention "auto" (the model default): the written-out formula under bf16 on a CPU, about 10%
     #     less wall time than SDPA here: 98/68/74%, 1.563 bits per byte, 12 min 25 s from scratch (this
     #     preset); on all 300 tasks of each split 94/59/79%;
-    #   - tried on the SDPA preset before it and not kept: NEFTune noise (--ft_neftune_alpha 5) 95/68/56%; GPT-4's
-    #     split pattern (--tokenizer_pattern cl100k) 98/62/76%.
+    #   - tried on the SDPA preset before it and not kept: NEFTune noise (--ft_neftune_alpha 5)
+    #     95/68/56%; GPT-4's split pattern (--tokenizer_pattern cl100k) 98/62/76%.
     "small": RunConfig(
         model=ModelConfig(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=256, position="rope"),
         out_dir="runs/small", dtype="fast", pretrain_task_mix=0.4, optimizer="muon", task_train_size=24000,

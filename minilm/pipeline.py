@@ -37,8 +37,9 @@ STAGE_FIELDS = {
                  "eval_iters", "patience"),
     "finetune": ("task_seed", "seed", "dtype", "eval_max_new_tokens", "finetune", "ft_max_iters", "ft_batch_size",
                  "ft_lr", "ft_warmup_iters", "ft_eval_interval", "ft_grad_accum", "ft_group_by_length",
-                 "ft_metric", "ft_pass_tasks", "ft_neftune_alpha", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-                 "loraplus_ratio", "top_k_layers", "weight_decay", "beta1", "beta2", "grad_clip", "patience"),
+                 "ft_metric", "ft_pass_tasks", "ft_neftune_alpha", "lora_r", "lora_alpha", "lora_dropout",
+                 "lora_targets", "loraplus_ratio", "top_k_layers", "weight_decay", "beta1", "beta2", "grad_clip",
+                 "patience"),
     "eval": ("task_seed", "eval_max_new_tokens", "eval_tasks_per_split"),
 }
 # The files a stage's result depends on: the outputs of the stages before it.
