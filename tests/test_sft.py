@@ -10,6 +10,8 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
+from minilm.config import ModelConfig
+from minilm.model import GPT
 from minilm.sft import (EOT, SPECIAL_TOKENS, add_embedding_noise, build_examples, collate, extract_completion,
                         get_sft_batch, iter_sft_batches, length_grouped_rows, render_example,
                         render_prompt, stop_token_ids, target_text)
@@ -167,8 +169,6 @@ def test_generated_suite_renders_with_exact_masks():
 
 @given(st.integers(1, 12), st.floats(0.5, 20.0))
 def test_embedding_noise_trains_within_its_bound_and_leaves_eval_alone(T, alpha):
-    from minilm.config import ModelConfig
-    from minilm.model import GPT
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=8))
     idx = torch.randint(0, 50, (3, T))

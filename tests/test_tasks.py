@@ -3,7 +3,6 @@ import ast
 import json
 import random
 import re
-from collections import Counter
 
 import pytest
 from hypothesis import given, settings
