@@ -156,7 +156,7 @@ PRESETS: dict[str, RunConfig] = {
     #     95/68/56%; GPT-4's split pattern (--tokenizer_pattern cl100k) 98/62/76%;
     #   - task mix, judged on all 300 tasks of each split (the first 100 flattered test_phrasing by 9
     #     points): 40% 94/59/79% (1.563 bits per byte), 30% 96/65/72% (1.527), 20% 96/62/75% (1.490).
-    #     More stdlib text helped test_phrasing up to a point; 30% is this preset.
+    #     30% is this preset, though the differences are within a full run's noise (next item);
     #   - not kept, none better than the noise of the fine-tuning seed (seed 1338 instead of 1337: 93/64/67%
     #     on all 300 against 96/65/72%): LoRA dropout 0.1, an EMA of the adapters, the adapter scaled
     #     by 0.8 at inference, n_head 8 (91/62/74%), and the interpreter's own documentation (C
