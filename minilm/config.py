@@ -157,12 +157,12 @@ PRESETS: dict[str, RunConfig] = {
     #   - task mix, judged on all 300 tasks of each split (the first 100 flattered test_phrasing by 9
     #     points): 40% 94/59/79% (1.563 bits per byte), 30% 96/65/72% (1.527), 20% 96/62/75% (1.490).
     #     30% is this preset, though the differences are within a full run's noise (next item);
-    #   - not kept, none better than the noise of the fine-tuning seed (seed 1338 instead of 1337: 93/64/67%
-    #     on all 300 against 96/65/72%): LoRA dropout 0.1, an EMA of the adapters, the adapter scaled
-    #     by 0.8 at inference, n_head 8 (91/62/74%), and the interpreter's own documentation (C
-    #     modules' docstrings and the language reference) added to pretraining (93/60/79%). A whole
-    #     run with seed 1338 gave 94/60/49% (1.514 bits per byte): full runs differ by that much, so
-    #     the task-mix choice above is within the noise too. README, Results, has the table.
+    #   - not kept, none better than the noise of the fine-tuning seed (seed 1338 instead of 1337:
+    #     93/64/67% on all 300 against 96/65/72%): LoRA dropout 0.1, an EMA of the adapters, the adapter
+    #     scaled by 0.8 at inference, n_head 8 (91/62/74%), and the interpreter's own documentation (C
+    #     modules' docstrings and the language reference) added to pretraining (93/60/79%). A whole run
+    #     with seed 1338 gave 94/60/49% (1.514 bits per byte): full runs differ by that much, so the
+    #     task-mix choice above is within the noise too. README, Results, has the table.
     "small": RunConfig(
         model=ModelConfig(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=256, position="rope"),
         out_dir="runs/small", dtype="fast", pretrain_task_mix=0.3, optimizer="muon", task_train_size=24000,
