@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
+import minilm.model
 from minilm.config import ConfigError, ModelConfig
 from minilm.gpt2_interop import save_hf_gpt2
 from minilm.model import GPT, KVCache, apply_rotary, causal_mask, reference_attention, rotary_cos_sin, sample_next
@@ -71,7 +72,6 @@ def test_kv_cache_prefill_then_continue_matches_full_forward(s, data):
 
 @pytest.mark.parametrize("dtype, expected", [(torch.float32, "sdpa"), (torch.bfloat16, "reference")])
 def test_auto_attention_takes_the_reference_path_only_for_bf16_on_a_cpu(monkeypatch, dtype, expected):
-    import minilm.model
     calls = []
     formula = minilm.model.reference_attention
     monkeypatch.setattr(minilm.model, "reference_attention", lambda *args: calls.append(1) or formula(*args))
