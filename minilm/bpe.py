@@ -61,11 +61,17 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 # Python's `regex` and the library's Oniguruma read it alike (the tests compare their ids).
 CL100K_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
                   r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
-PATTERNS = {"gpt2": GPT2_PATTERN, "cl100k": CL100K_PATTERN}
+# SmolLM2's split: `tokenizers`' Digits(individual_digits=True) cuts every digit out on its
+# own, then ByteLevel applies GPT-2's pattern to each stretch in between. As one regex: a digit
+# is a word by itself (no leading space: the space stays in the stretch before it), and a digit
+# ends a stretch the way the end of the text does, so the whitespace rule's "(?!\S)" becomes
+# "(?![^\s\p{N}])": "a  1" splits as "a", "  ", "1".
+SMOLLM_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+PATTERNS = {"gpt2": GPT2_PATTERN, "cl100k": CL100K_PATTERN, "smollm": SMOLLM_PATTERN}
 
 
 def resolve_pattern(pattern):
-    """A pattern name ("gpt2", "cl100k") or a regex string -> the regex string."""
+    """A pattern name ("gpt2", "cl100k", "smollm") or a regex string -> the regex string."""
     if not isinstance(pattern, str) or not pattern:
         raise ValueError(f"pattern must be one of {sorted(PATTERNS)} or a regex string, got {pattern!r}")
     return PATTERNS.get(pattern, pattern)
@@ -283,10 +289,15 @@ def merge_pair(ids, pair, new_id):
 # ---------------------------------------------------------------- the tokenizers library
 def hf_pre_tokenizer(pattern):
     """The library's pre-tokenizer for a split pattern: ByteLevel applies GPT-2's pattern
-    itself; any other pattern is a Split followed by ByteLevel without its own regex."""
+    itself (after Digits for SmolLM2's, as its tokenizer.json does); any other pattern is a
+    Split followed by ByteLevel without its own regex."""
     from tokenizers import Regex, pre_tokenizers
     if pattern == GPT2_PATTERN:
         return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pattern == SMOLLM_PATTERN:
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     return pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -300,9 +311,12 @@ def pattern_of_hf(pre_tokenizer):
             raise ValueError("ByteLevel with add_prefix_space=True is not supported")
         return GPT2_PATTERN
     if kind == "Sequence":
-        split, byte_level = pre_tokenizer["pretokenizers"]
-        if split["type"] == "Split" and byte_level["type"] == "ByteLevel" and not byte_level["use_regex"]:
-            return split["pattern"]["Regex"]
+        first, byte_level = pre_tokenizer["pretokenizers"]
+        if first["type"] == "Split" and byte_level["type"] == "ByteLevel" and not byte_level["use_regex"]:
+            return first["pattern"]["Regex"]
+        if (first["type"] == "Digits" and first.get("individual_digits") and byte_level["type"] == "ByteLevel"
+                and byte_level.get("use_regex", True) and not byte_level.get("add_prefix_space")):
+            return SMOLLM_PATTERN
     raise ValueError(f"pre_tokenizer {kind!r} is not a byte-level split this tokenizer supports")
 
 

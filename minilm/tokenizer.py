@@ -11,31 +11,32 @@ Encoding `text`
      adjacent pair with the lowest merge rank (the leftmost such pair on a tie), as
      `tokenizers` does. A word's ids are cached, so common words cost one dict lookup.
 
+A vocabulary made elsewhere may lack some single bytes (SmolLM2's has no token for 0x04 or
+0xF1, nor for the bytes UTF-8 never uses). Such a byte is dropped from its word before the
+merges, as `tokenizers` does when the model has no unknown token (and llama.cpp does too), so
+the ids are the ones the pretrained model was trained on; `missing_bytes` lists them, and
+`decode(encode(text))` gives the text without them. Our own trained vocabularies have all 256.
+
 Decoding concatenates each token's bytes and decodes UTF-8 (invalid bytes become U+FFFD);
 `decode_bytes` returns the raw bytes and `stream_decoder()` holds back a split UTF-8
 character until its last byte arrives, so streamed samples never print mojibake.
 
-Files: `save`/`load` use a readable JSON file (format, version, pattern, special tokens,
-vocabulary, merges); `save_hf`/`from_hf` read and write the `tokenizers` library's
-tokenizer.json, which gives the same ids. `Tokenizer.train(..., backend="tokenizers")` trains
-through that library: same merges, in seconds on large corpora.
+Files (minilm.tokenizer_files): `save`/`load` use a readable JSON file; `save_hf`/`from_hf`
+read and write the `tokenizers` library's tokenizer.json, which gives the same ids.
+`Tokenizer.train(..., backend="tokenizers")` trains through that library: same merges, in
+seconds on large corpora. A GGUF file's tokenizer: minilm.formats.gguf_tokenizer.
 """
 import codecs
-import json
 import os
 import sys
 
 import regex
 
-from minilm import bpe
+from minilm import bpe, tokenizer_files as files
+from minilm.tokenizer_files import TokenizerFileError  # noqa: F401  (part of this module's API)
 
-FORMAT, VERSION = "minilm-bpe", 1
 _CACHE_LIMIT = 1 << 20  # cached words before the cache is cleared
 _NO_RANK = float("inf")
-
-
-class TokenizerFileError(ValueError):
-    """A tokenizer file that cannot be read: corrupt, wrong format or wrong version."""
 
 
 class Tokenizer:
@@ -64,10 +65,8 @@ class Tokenizer:
                 self.vocab.append(bytes(byte_of[c] for c in s))
             else:
                 raise ValueError(f"token {i} ({s!r}) is neither a special token nor byte-level")
-        missing = [c for c in byte_of if c not in string_id]
-        if missing:
-            raise ValueError(f"vocabulary lacks {len(missing)} of the 256 byte tokens, e.g. {missing[0]!r}")
-        self.byte_id = [string_id[c] for c in bpe.bytes_to_unicode()]
+        self.byte_id = [string_id.get(c) for c in bpe.bytes_to_unicode()]  # None: no token, dropped
+        self.missing_bytes = bytes(b for b, i in enumerate(self.byte_id) if i is None)
         # (left, right) -> (rank, new_id); a pair listed twice keeps its later rank, like tokenizers.
         self.ranks = {}
         for rank, (left, right) in enumerate(self.merges):
@@ -105,7 +104,7 @@ class Tokenizer:
             raise ValueError(f"vocab_size={vocab_size} is below 256 bytes + "
                              f"{len(special_tokens)} special tokens; raise it")
         if backend == "tokenizers":
-            return cls._from_hf_json(bpe.train_with_tokenizers(
+            return files.from_hf_json(cls, bpe.train_with_tokenizers(
                 texts, vocab_size, special_tokens, pattern, min_frequency, progress))
         if backend != "minilm":
             raise ValueError(f"backend must be 'minilm' or 'tokenizers', got {backend!r}")
@@ -171,8 +170,9 @@ class Tokenizer:
         return ids
 
     def encode_bytes(self, data):
-        """Any bytes, valid UTF-8 or not -> ids; `decode_bytes` inverts it exactly.
-        Invalid bytes pass through the pattern as lone surrogates (Python's surrogateescape)."""
+        """Any bytes, valid UTF-8 or not -> ids; `decode_bytes` inverts it exactly when no byte
+        is in `missing_bytes`. Invalid bytes pass through the pattern as lone surrogates
+        (Python's surrogateescape)."""
         return self.encode_ordinary(bytes(data).decode("utf-8", "surrogateescape"))
 
     def encode_batch(self, texts, allowed_special=(), backend="minilm"):
@@ -195,7 +195,7 @@ class Tokenizer:
         new), since then nothing made by a rank-r merge can take part in a merge of rank <= r."""
         if not self._ordered:
             return self.encode_word_reference(data)
-        ids = [self.byte_id[b] for b in data]
+        ids = self._byte_ids(data)
         rank_of = self._rank_of.get
         while len(ids) > 1:
             pairs = list(zip(ids, ids[1:]))
@@ -214,7 +214,7 @@ class Tokenizer:
     def encode_word_reference(self, data):
         """One word's bytes -> ids, one merge at a time (reference path): fuse the adjacent
         pair with the lowest (rank, position), which is exactly what `tokenizers` does."""
-        ids = [self.byte_id[b] for b in data]
+        ids = self._byte_ids(data)
         ranks = self.ranks
         while len(ids) > 1:
             best = min(((ranks[pair][0], i) for i, pair in enumerate(zip(ids, ids[1:]))
@@ -224,6 +224,13 @@ class Tokenizer:
             _, i = best
             ids[i:i + 2] = [ranks[ids[i], ids[i + 1]][1]]
         return tuple(ids)
+
+    def _byte_ids(self, data):
+        """One id per byte, skipping the bytes the vocabulary lacks (see the module docstring)."""
+        byte_id = self.byte_id
+        if self.missing_bytes:
+            return [byte_id[b] for b in data if byte_id[b] is not None]
+        return [byte_id[b] for b in data]
 
     # ----------------------------------------------------------------- decoding
     def decode_bytes(self, ids):
@@ -268,46 +275,20 @@ class Tokenizer:
 
     # ----------------------------------------------------------------- files
     def to_dict(self):
-        return {"format": FORMAT, "version": VERSION, "pattern": self.pattern,
-                "special_tokens": self.special_tokens, "vocab": self.strings,
-                "merges": [list(pair) for pair in self.merges]}
+        return files.to_dict(self)
 
     def save(self, path):
         """Write our readable JSON file: one vocabulary entry and one merge per line."""
-        data = self.to_dict()
-        lines = [f"{json.dumps(key)}: {json.dumps(data[key], ensure_ascii=False)}"
-                 for key in ("format", "version", "pattern", "special_tokens")]
-        lines.append('"vocab": [\n' + ",\n".join(json.dumps(s, ensure_ascii=False) for s in self.strings) + "\n]")
-        lines.append('"merges": [\n' + ",\n".join(f"[{a}, {b}]" for a, b in self.merges) + "\n]")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("{\n" + ",\n".join(lines) + "\n}\n")
+        files.save(self, path)
 
     @classmethod
     def load(cls, path):
         """Read a file written by `save`; a corrupt or foreign file raises TokenizerFileError."""
-        data = _read_json(path)
-        if data.get("format") != FORMAT:
-            raise TokenizerFileError(f"{path}: not a minilm tokenizer file (format "
-                                     f"{data.get('format')!r}); for a tokenizer.json use Tokenizer.from_hf")
-        if data.get("version") != VERSION:
-            raise TokenizerFileError(f"{path}: tokenizer file version {data.get('version')!r}, "
-                                     f"this minilm reads version {VERSION}")
-        try:
-            return cls(data["vocab"], data["merges"], data["special_tokens"], data["pattern"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise TokenizerFileError(f"{path}: corrupt tokenizer file ({type(e).__name__}: {e})") from None
+        return files.load(cls, path)
 
     def to_hf(self):
         """This tokenizer as a `tokenizers.Tokenizer` (same ids on any text)."""
-        from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models
-        model = models.BPE(vocab={s: i for i, s in enumerate(self.strings)},
-                           merges=[(self.strings[a], self.strings[b]) for a, b in self.merges])
-        hf = HFTokenizer(model)
-        hf.pre_tokenizer = bpe.hf_pre_tokenizer(self.pattern)
-        hf.decoder = decoders.ByteLevel()
-        hf.add_special_tokens([AddedToken(s, special=True, normalized=False)
-                               for s in sorted(self.special_tokens, key=self.special_tokens.get)])
-        return hf
+        return files.to_hf(self)
 
     def save_hf(self, path):
         """Write a tokenizer.json that `tokenizers.Tokenizer.from_file` loads."""
@@ -315,26 +296,8 @@ class Tokenizer:
 
     @classmethod
     def from_hf(cls, path):
-        """Read a byte-level BPE tokenizer.json (ours, or one trained by `tokenizers`)."""
-        return cls._from_hf_json(_read_json(path), path)
-
-    @classmethod
-    def _from_hf_json(cls, data, path="<tokenizers>"):
-        try:
-            model = data["model"]
-            if model.get("type") != "BPE":
-                raise ValueError(f"model type {model.get('type')!r} is not BPE")
-            vocab = model["vocab"]
-            strings = sorted(vocab, key=vocab.get)
-            if [vocab[s] for s in strings] != list(range(len(strings))):
-                raise ValueError("vocabulary ids are not 0..n-1")
-            merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
-            merges = [(vocab[a], vocab[b]) for a, b in merges]
-            specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t["special"]}
-            return cls(strings, merges, specials, bpe.pattern_of_hf(data.get("pre_tokenizer")))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise TokenizerFileError(f"{path}: unsupported or corrupt tokenizer.json "
-                                     f"({type(e).__name__}: {e})") from None
+        """Read a byte-level BPE tokenizer.json (ours, one trained by `tokenizers`, SmolLM2's)."""
+        return files.from_hf(cls, path)
 
 
 class StreamDecoder:
@@ -358,17 +321,6 @@ def render(data):
     """Bytes as readable text: valid UTF-8 as is, control characters and invalid bytes escaped."""
     text = data.decode("utf-8", "backslashreplace")
     return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text)
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerFileError(f"{path}: not valid JSON ({e}); the file is corrupt") from None
-    if not isinstance(data, dict):
-        raise TokenizerFileError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def main(argv=None):

@@ -1,0 +1,1 @@
+"""Our weights in someone else's layout."""
