@@ -5,6 +5,7 @@ import random
 import sysconfig
 
 import pytest
+import regex
 from hypothesis import given, strategies as st
 
 from minilm import bpe
@@ -123,6 +124,45 @@ def test_cl100k_encoding_matches_tokenizers(tmp_path):
     hf = tokenizers.Tokenizer.from_file(str(tmp_path / "t.json"))
     text = "".join(stdlib_texts(20_000, skip=100_000)) + "\r\n  12345 DON'T ſ'S\n\n\t x"
     assert tok.encode(text) == hf.encode(text).ids
+
+
+@given(text=st.text(st.characters(blacklist_categories=("Cs",))) | st.text(alphabet="a1 \n\t'sé²٣", max_size=20))
+def test_smollm_split_is_digits_then_byte_level(text):
+    """SmolLM2's tokenizer.json splits with Digits(individual_digits=True), then ByteLevel's
+    GPT-2 regex on each stretch; our single "smollm" pattern must cut the same words."""
+    referee = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Digits(individual_digits=True),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    chars = bpe.bytes_to_unicode()
+    ours = ["".join(chars[b] for b in word.encode()) for word in
+            regex.findall(bpe.resolve_pattern("smollm"), text)]
+    assert ours == [word for word, _ in referee.pre_tokenize_str(text)]
+
+
+def test_smollm_encoding_matches_tokenizers(tmp_path):
+    tok = Tokenizer.train(stdlib_texts(50_000), 500, pattern="smollm")
+    tok.save_hf(tmp_path / "t.json")
+    assert Tokenizer.from_hf(tmp_path / "t.json").pattern == bpe.SMOLLM_PATTERN
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "t.json"))
+    text = "".join(stdlib_texts(20_000, skip=100_000)) + "x = 12345  67\n\t 8 a1b2"
+    assert tok.encode(text) == hf.encode(text).ids
+
+
+@given(text=st.text(alphabet="ab() \x04é", max_size=30))
+def test_bytes_without_a_token_are_dropped_like_tokenizers(text, tmp_path_factory):
+    """A vocabulary made elsewhere may lack single bytes (SmolLM2's lacks 0x04, 0xF1, ...):
+    they are dropped before the merges, as `tokenizers` does with no unknown token."""
+    missing = b"\x04\xc3"  # 0xC3 is é's first byte; its second, 0xA9, stays
+    strings, _ = bpe.initial_vocab(("<|endoftext|>",))
+    strings = [s for s in strings if s not in {bpe.bytes_to_unicode()[b] for b in missing}] + ["()"]
+    tok = Tokenizer(strings, [(strings.index("("), strings.index(")"))], {"<|endoftext|>": 0})
+    assert tok.missing_bytes == missing
+    path = tmp_path_factory.mktemp("missing") / "tokenizer.json"
+    tok.save_hf(path)
+    assert tok.encode(text) == tokenizers.Tokenizer.from_file(str(path)).encode(text).ids
+    data = text.encode()
+    assert tok.decode_bytes(tok.encode(text)) == bytes(b for b in data if b not in missing)
+    assert tok.encode("(\x04)") == [strings.index("()")]  # a dropped byte's neighbours merge
 
 
 @given(data=st.binary(max_size=64))
