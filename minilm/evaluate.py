@@ -90,7 +90,7 @@ def teacher_forced(model, tok, tasks: Sequence[dict], batch_size: int = 16) -> l
     block_size = model.config.block_size
     rendered = [sft.render_example(tok, task) for task in tasks]
     fits = [i for i, (ids, _) in enumerate(rendered) if len(ids) <= block_size + 1]
-    pad_id = sft.special_ids(tok)[sft.EOT]
+    pad_id = sft.pad_token_id(tok)
     results: list[Optional[dict]] = [None] * len(tasks)
     was_training = model.training
     model.eval()

@@ -1,26 +1,44 @@
 """Supervised fine-tuning examples: a task rendered as tokens, with a mask over what is learned.
 
-Three kinds of example, each a prompt followed by a target that ends with <|endoftext|>:
+A *format* writes a task (generate, repair or explain) as segments: special tokens, inserted by
+id, and pieces of text, each encoded on its own. So the boundary between prompt and target is
+exact (no BPE merge can straddle it) and user text can never smuggle in a special token (the
+tokenizer refuses such text). There are two formats.
+
+`PlainFormat`, minilm's own, for the bases trained here: a prompt, then a target that ends with
+<|endoftext|>.
 
     generate:  <|task|>{text}<|code|>{code}<|endoftext|>
     repair:    <|task|>{text}<|buggy|>{buggy_code}<|code|>{code}<|endoftext|>
     explain:   <|code|>{code}<|explain|>{text}<|endoftext|>
                                          ^^^^^^^^^^^^^^^^^^^^ target (loss_mask = 1)
 
-The loss is summed only where loss_mask is 1: the target (the code for generate/repair, the
-description for explain) and the closing <|endoftext|>, which teaches the model to stop. Each
-segment is encoded on its own and the special tokens are inserted by id, so the boundary between
-prompt and target is exact: no BPE merge can straddle it, and user text can never smuggle in a
-special token (the tokenizer refuses such text).
+`ChatFormat`, ChatML, for pretrained chat models such as SmolLM2: exactly what the model's own
+chat template (tokenizer.chat_template in its GGUF file) writes for a system line, the user's
+request and the assistant's answer:
+
+    <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{request}<|im_end|>\n
+    <|im_start|>assistant\n{target}<|im_end|>\n
+                           ^^^^^^^^^^^^^^^^^^^^ target (loss_mask = 1)
+
+The request is the task's text, verbatim, in a short instruction (CHAT_REQUESTS); the target is
+the bare code, or the description for explain. The text between two special tokens is encoded
+as one piece, as the template's text would be, except that the target is cut from its
+"assistant\n" header: the model then learns after exactly the prompt it is given at generation.
+
+The loss is summed only where loss_mask is 1: the target and the token that closes it
+(<|endoftext|> or <|im_end|>), which teaches the model to stop. `format_for(tok)` picks the format
+from the tokenizer's special tokens (minilm's own when it has them); every function below also
+takes an explicit `fmt`, e.g. ChatFormat(system="You write Python.").
 
 Batches are shifted for next-token prediction: for a rendered sequence s with mask m,
 
     idx = s[:-1]    targets = s[1:]    loss_mask = m[1:]
 
-so loss_mask[t] says whether targets[t] is a target token. Rows are right-padded with
-<|endoftext|> under a zero mask. A sequence must fit the context (len(s) <= block_size + 1);
-longer ones are dropped (not truncated: a cut-off target would teach the model to stop
-mid-function, or never) and `build_examples` reports how many.
+so loss_mask[t] says whether targets[t] is a target token. Rows are right-padded with the
+format's closing token under a zero mask. A sequence must fit the context (len(s) <=
+block_size + 1); longer ones are dropped (not truncated: a cut-off target would teach the model
+to stop mid-function, or never) and `build_examples` reports how many.
 
 `add_embedding_noise` is NEFTune (--ft_neftune_alpha): noise on the token embeddings while
 fine-tuning, a regulariser some instruction-tuning runs gain from (the small preset did not).
@@ -37,19 +55,10 @@ from minilm.data import EOT, to_device
 
 TASK, CODE, BUGGY, EXPLAIN = "<|task|>", "<|code|>", "<|buggy|>", "<|explain|>"
 SPECIAL_TOKENS = (EOT, TASK, CODE, BUGGY, EXPLAIN)  # EOT first: id 0 in a trained tokenizer
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"  # ChatML's turn delimiters
 
-
-def special_ids(tok) -> dict[str, int]:
-    """The id of each of SPECIAL_TOKENS, or a clear error naming the missing one."""
-    missing = [name for name in SPECIAL_TOKENS if name not in tok.special_tokens]
-    if missing:
-        raise ValueError(f"the tokenizer lacks special token(s) {', '.join(missing)}; train it "
-                         f"with special_tokens=minilm.sft.SPECIAL_TOKENS")
-    return {name: tok.special_tokens[name] for name in SPECIAL_TOKENS}
-
-
-# The format table: each kind is a list of (item, is_target); an item is a special token or the
-# name of a task field. The target is always last: the model writes it after the prompt.
+# The plain format's table: each kind is a list of (item, is_target); an item is a special
+# token or the name of a task field. The target is always last: the model writes it after the prompt.
 FORMATS = {
     "generate": [(TASK, 0), ("text", 0), (CODE, 0), ("code", 1), (EOT, 1)],
     "repair": [(TASK, 0), ("text", 0), (BUGGY, 0), ("buggy_code", 0), (CODE, 0), ("code", 1),
@@ -58,12 +67,32 @@ FORMATS = {
 }
 KINDS = tuple(FORMATS)
 
+# The chat format's user turn per kind ({field} = the task's field, verbatim); the assistant's
+# turn is the target field of FORMATS.
+CHAT_REQUESTS = {
+    "generate": "{text}\nAnswer with the Python code only, without Markdown.",
+    "repair": "{text}\nThis attempt has a bug:\n```python\n{buggy_code}\n```\n"
+              "Answer with the corrected Python code only, without Markdown.",
+    "explain": "Say in one sentence what this Python code does:\n```python\n{code}\n```",
+}
+# SmolLM2's chat template writes this system line when a conversation has none.
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
-def _format(task: dict) -> list[tuple[str, int]]:
+
+def special_ids(tok) -> dict[str, int]:
+    """The id of each of the plain format's SPECIAL_TOKENS, or a clear error naming the missing one."""
+    return PlainFormat().special_ids(tok)
+
+
+def _kind(task: dict) -> str:
     kind = task.get("kind", "generate")
     if kind not in FORMATS:
         raise ValueError(f"unknown task kind {kind!r}; expected one of {KINDS}")
-    return FORMATS[kind]
+    return kind
+
+
+def _format(task: dict) -> list[tuple[str, int]]:
+    return FORMATS[_kind(task)]
 
 
 def _field(task: dict, name: str) -> str:
@@ -74,48 +103,153 @@ def _field(task: dict, name: str) -> str:
     return value
 
 
-def _render(tok, task: dict, with_target: bool) -> tuple[list[int], list[int]]:
-    ids_of = special_ids(tok)
-    ids, loss_mask = [], []
-    for item, is_target in _format(task):
-        if is_target and not with_target:
-            break
-        # Special tokens go in by id; each field is encoded on its own (special text refused).
-        piece_ids = [ids_of[item]] if item in ids_of else tok.encode(_field(task, item))
-        ids += piece_ids
-        loss_mask += [is_target] * len(piece_ids)
-    return ids, loss_mask
-
-
 def target_text(task: dict) -> str:
     """What the model must write for this task: the code, or the description for explain."""
     return next(_field(task, item) for item, is_target in _format(task)
                 if is_target and item not in SPECIAL_TOKENS)
 
 
-def render_example(tok, task: dict) -> tuple[list[int], list[int]]:
-    """Token ids of the whole example and its loss mask (1 on target tokens and the final EOT)."""
-    return _render(tok, task, with_target=True)
+class Special(str):
+    """A special token in a segment list: inserted by its id, never encoded as text."""
 
 
-def render_prompt(tok, task: dict) -> list[int]:
+class Format:
+    """How a task becomes token ids. A subclass gives `segments(task, with_target)`, a list of
+    (text or Special, is_target), the special tokens it needs and the one that closes a target."""
+    needs: tuple[str, ...] = ()
+    end = EOT
+    fix = ""  # how to get a tokenizer with `needs`
+
+    def segments(self, task: dict, with_target: bool) -> list[tuple[str, int]]:
+        raise NotImplementedError
+
+    def special_ids(self, tok) -> dict[str, int]:
+        missing = [name for name in self.needs if name not in tok.special_tokens]
+        if missing:
+            raise ValueError(f"the tokenizer lacks special token(s) {', '.join(missing)} of the "
+                             f"{type(self).__name__}; {self.fix}")
+        return {name: tok.special_tokens[name] for name in self.needs}
+
+    def render(self, tok, task: dict, with_target: bool = True) -> tuple[list[int], list[int]]:
+        """Token ids and loss mask; without the target: the prompt given at generation time."""
+        ids_of = self.special_ids(tok)
+        ids, loss_mask = [], []
+        for piece, is_target in self.segments(task, with_target):
+            piece_ids = [ids_of[piece]] if isinstance(piece, Special) else tok.encode(piece)
+            ids += piece_ids
+            loss_mask += [is_target] * len(piece_ids)
+        return ids, loss_mask
+
+    def stop_ids(self, tok) -> list[int]:
+        """Ids that end a completion: every special token (none can occur inside code or prose)."""
+        return sorted(self.special_ids(tok).values())
+
+    def pad_id(self, tok) -> int:
+        return self.special_ids(tok)[self.end]
+
+
+class PlainFormat(Format):
+    """minilm's own format, for bases trained here (the table FORMATS)."""
+    needs = SPECIAL_TOKENS
+    fix = "train it with special_tokens=minilm.sft.SPECIAL_TOKENS"
+
+    def segments(self, task, with_target):
+        pieces = []
+        for item, is_target in _format(task):
+            if is_target and not with_target:
+                break
+            pieces.append((Special(item) if item in SPECIAL_TOKENS else _field(task, item), is_target))
+        return pieces
+
+
+class ChatFormat(Format):
+    """ChatML as SmolLM2's chat template writes it, with `system` as the system line."""
+    needs = (IM_START, IM_END)
+    end = IM_END
+    fix = "use the pretrained model's tokenizer (minilm.formats.gguf_tokenizer)"
+
+    def __init__(self, system: str = SMOLLM2_SYSTEM):
+        self.system = system
+
+    def messages(self, task: dict, with_target: bool = True) -> list[dict]:
+        """The conversation as chat messages (the input of a chat template)."""
+        request = CHAT_REQUESTS[_kind(task)]
+        messages = [{"role": "system", "content": self.system},
+                    {"role": "user", "content": request.format_map(_TaskFields(task))}]
+        if with_target:
+            messages.append({"role": "assistant", "content": target_text(task)})
+        return messages
+
+    def segments(self, task, with_target):
+        pieces = []
+        for message in self.messages(task, with_target=False):  # the system and user turns
+            # A header and its text are one piece, as the tokenizer reads the template's text.
+            pieces += [(Special(IM_START), 0), (f"{message['role']}\n{message['content']}", 0),
+                       (Special(IM_END), 0), ("\n", 0)]
+        pieces += [(Special(IM_START), 0), ("assistant\n", 0)]  # the prompt ends here
+        if with_target:
+            pieces += [(target_text(task), 1), (Special(IM_END), 1), ("\n", 0)]
+        return pieces
+
+    def stop_ids(self, tok) -> list[int]:
+        """Every special token of the model ends a completion: <|im_end|> closes the answer,
+        and no other one (<|endoftext|>, <file_sep>, ...) belongs inside code or prose."""
+        self.special_ids(tok)
+        return sorted(tok.special_tokens.values())
+
+
+class _TaskFields:
+    """A task's fields for str.format_map, each checked by _field."""
+
+    def __init__(self, task: dict):
+        self.task = task
+
+    def __getitem__(self, name: str) -> str:
+        return _field(self.task, name)
+
+
+def format_for(tok) -> Format:
+    """The format a tokenizer calls for: minilm's own when it has those special tokens (our
+    bases), ChatML when it has <|im_start|> and <|im_end|> (SmolLM2), else a clear error."""
+    if all(name in tok.special_tokens for name in SPECIAL_TOKENS):
+        return PlainFormat()
+    if all(name in tok.special_tokens for name in ChatFormat.needs):
+        return ChatFormat()
+    missing = [name for name in SPECIAL_TOKENS if name not in tok.special_tokens]
+    raise ValueError(f"the tokenizer lacks special token(s) {', '.join(missing)}; train it with "
+                     f"special_tokens=minilm.sft.SPECIAL_TOKENS, or use a chat model's tokenizer "
+                     f"(with {IM_START} and {IM_END})")
+
+
+def render_example(tok, task: dict, fmt: Optional[Format] = None) -> tuple[list[int], list[int]]:
+    """Token ids of the whole example and its loss mask (1 on the target and its closing token)."""
+    return (fmt or format_for(tok)).render(tok, task, with_target=True)
+
+
+def render_prompt(tok, task: dict, fmt: Optional[Format] = None) -> list[int]:
     """The ids the model is given at generation time: the example up to its target.
 
     Only the prompt's fields are needed (a generate task without "code" is fine).
     """
-    return _render(tok, task, with_target=False)[0]
+    return (fmt or format_for(tok)).render(tok, task, with_target=False)[0]
 
 
-def stop_token_ids(tok) -> list[int]:
-    """Ids that end a completion: every special token (none can occur inside code or prose)."""
-    return sorted(special_ids(tok).values())
+def stop_token_ids(tok, fmt: Optional[Format] = None) -> list[int]:
+    """Ids that end a completion (every special token of the format; <|im_end|> for chat)."""
+    return (fmt or format_for(tok)).stop_ids(tok)
 
 
-def extract_completion(tok, generated_ids: Union[Sequence[int], torch.Tensor]) -> str:
-    """Decode newly generated ids up to (not including) the first special token."""
+def pad_token_id(tok, fmt: Optional[Format] = None) -> int:
+    """The id batches are padded with (under a zero mask): the format's closing token."""
+    return (fmt or format_for(tok)).pad_id(tok)
+
+
+def extract_completion(tok, generated_ids: Union[Sequence[int], torch.Tensor],
+                       fmt: Optional[Format] = None) -> str:
+    """Decode newly generated ids up to (not including) the first stop token."""
     if isinstance(generated_ids, torch.Tensor):
         generated_ids = generated_ids.reshape(-1).tolist()
-    stops = set(stop_token_ids(tok))
+    stops = set(stop_token_ids(tok, fmt))
     cut = next((i for i, t in enumerate(generated_ids) if t in stops), len(generated_ids))
     return tok.decode(list(generated_ids[:cut]))
 
@@ -133,17 +267,19 @@ class Examples:
         return len(self.ids)
 
 
-def build_examples(tok, tasks: Sequence[dict], block_size: int) -> Examples:
+def build_examples(tok, tasks: Sequence[dict], block_size: int,
+                   fmt: Optional[Format] = None) -> Examples:
     """Render every task; drop (and count) those with more than block_size + 1 tokens."""
+    fmt = fmt or format_for(tok)
     ids, loss_masks, n_dropped = [], [], 0
     for task in tasks:
-        example_ids, loss_mask = render_example(tok, task)
+        example_ids, loss_mask = fmt.render(tok, task)
         if len(example_ids) > block_size + 1:
             n_dropped += 1
             continue
         ids.append(example_ids)
         loss_masks.append(loss_mask)
-    return Examples(ids, loss_masks, block_size, special_ids(tok)[EOT], n_dropped)
+    return Examples(ids, loss_masks, block_size, fmt.pad_id(tok), n_dropped)
 
 
 def collate(ids: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[int]], pad_id: int,
