@@ -13,8 +13,8 @@ Encoding `text`
 
 A vocabulary made elsewhere may lack some single bytes (SmolLM2's has no token for 0x04 or
 0xF1, nor for the bytes UTF-8 never uses). Such a byte is dropped from its word before the
-merges, as `tokenizers` does when the model has no unknown token (and llama.cpp does too), so
-the ids are the ones the pretrained model was trained on; `missing_bytes` lists them, and
+merges, exactly as `tokenizers` does when its BPE model has no unknown token (transformers
+builds SmolLM2's from the GGUF so), so the ids stay the library's; `missing_bytes` lists them, and
 `decode(encode(text))` gives the text without them. Our own trained vocabularies have all 256.
 
 Decoding concatenates each token's bytes and decodes UTF-8 (invalid bytes become U+FFFD);
@@ -40,7 +40,8 @@ _NO_RANK = float("inf")
 
 
 class Tokenizer:
-    """Byte-level BPE tokenizer. Build it with `train`, `load` or `from_hf`.
+    """Byte-level BPE tokenizer. Build it with `train`, `load`, `from_hf` or
+    `minilm.formats.gguf_tokenizer.tokenizer_from_gguf`.
 
     `strings[id]` is each token in the printable byte alphabet (a special token is its own
     text); `merges` lists (left_id, right_id) in rank order; `special_tokens` maps text -> id.

@@ -12,9 +12,10 @@ llama.cpp's GGUF format keeps the tokenizer in the file's metadata, next to the 
 
 Control tokens become the tokenizer's special tokens: inserted by id, never produced by BPE,
 refused in ordinary text unless allowed. The bos / eos / unknown / padding ids name tokens that
-are already there and change nothing in encoding (SmolLM2's unknown id 0 is <|endoftext|>, yet
-the vocabulary's `tokenizers` twin, like llama.cpp, drops a byte it has no token for: see
-minilm.tokenizer). The reader is the format's own library, `gguf` (GGUFReader).
+are already there and change nothing in encoding: SmolLM2's unknown id 0 is <|endoftext|>, but
+a `tokenizers` BPE model built without an unknown token (as transformers' GGUF loader builds
+it) drops a byte the vocabulary lacks, and so do we (see minilm.tokenizer). The reader is the
+format's own library, `gguf` (GGUFReader).
 """
 import os
 
