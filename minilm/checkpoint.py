@@ -146,7 +146,8 @@ def model_config_of(path, metadata: dict[str, str]) -> ModelConfig:
 
 def check_architecture(path, saved: ModelConfig, expected: ModelConfig) -> None:
     """Shapes must agree; attention path and dropout may differ (they do not change the weights)."""
-    keys = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
+    keys = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "norm", "mlp", "mlp_hidden",
+            "n_kv_head", "tie_embeddings")
     diffs = [f"{k}={getattr(saved, k)} (run expects {getattr(expected, k)})"
              for k in keys if getattr(saved, k) != getattr(expected, k)]
     if diffs:

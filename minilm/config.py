@@ -19,6 +19,8 @@ class ConfigError(ValueError):
 
 
 OPTIMIZERS = ("adamw", "muon")  # minilm/optim.py builds them
+NORMS = ("layernorm", "rmsnorm")  # minilm/layers.py builds them
+MLPS = ("gelu", "swiglu")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,27 @@ class ModelConfig:
     attention: str = "auto"
     position: str = "learned"  # "learned" (GPT-2's table of block_size vectors) or "rope" (rotary, relative)
     rope_base: float = 10000.0  # rotary: wavelengths run from 2 pi to about 2 pi rope_base
+    # The Llama family (SmolLM2: rmsnorm, swiglu with mlp_hidden 1536, n_kv_head 3, bias False, rope);
+    # the defaults are GPT-2's. minilm/layers.py has each choice's formula.
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama: no mean subtracted, no bias)
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # "gelu": c_proj(gelu(c_fc x)) (GPT-2) or "swiglu": down(silu(gate x) * up x) (Llama)
+    mlp_hidden: int = 0  # the MLP's hidden width; 0 = 4 * n_embd
+    n_kv_head: int = 0  # key/value heads, each shared by n_head // n_kv_head query heads; 0 = n_head
+    tie_embeddings: bool = True  # the LM head reuses the token embedding (False: its own lm_head.weight)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's hidden width H (for swiglu, each of gate and up is H wide)."""
+        return self.mlp_hidden or 4 * self.n_embd
 
     def __post_init__(self):
         if self.attention not in ("auto", "sdpa", "reference"):
@@ -46,6 +69,19 @@ class ModelConfig:
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"rope rotates pairs of channels, so the head size must be even, got "
                               f"{self.n_embd // self.n_head}; change n_embd or n_head")
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.norm_eps <= 0:
+            raise ConfigError(f"norm_eps must be positive, got {self.norm_eps}")
+        if self.mlp not in MLPS:
+            raise ConfigError(f"mlp must be one of {', '.join(MLPS)}, got {self.mlp!r}")
+        if self.mlp_hidden < 0:
+            raise ConfigError(f"mlp_hidden must be positive (or 0 for 4 * n_embd), got {self.mlp_hidden}")
+        if self.n_kv_head < 0:
+            raise ConfigError(f"n_kv_head must be positive (or 0 for n_head), got {self.n_kv_head}")
+        if self.n_head % self.kv_heads:
+            raise ConfigError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head}): "
+                              "each key/value head serves a whole group of query heads")
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def load_hf_gpt2(cls, path_or_state_dict, **config_overrides):
         vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer,
         block_size=state["transformer.wpe.weight"].shape[0],
         n_head=hf_config.get("n_head", max(1, n_embd // 64)),  # GPT-2 uses 64-wide heads
-        bias="transformer.h.0.attn.c_attn.bias" in state,
+        bias="transformer.h.0.attn.c_attn.bias" in state, norm_eps=hf_config.get("layer_norm_epsilon", 1e-5),
     )
     config = replace(config, **config_overrides)
     model = cls(config)
@@ -74,6 +74,12 @@ def to_hf_state_dict(model) -> dict:
     if model.config.position != "learned":
         raise ValueError(f"GPT-2's format has a learned position table; this model uses "
                          f"position={model.config.position!r}, which it cannot express")
+    gpt2 = ModelConfig(n_head=model.config.n_head, n_embd=model.config.n_embd)  # GPT-2's choices
+    other = [f"{k}={getattr(model.config, k)!r}" for k in ("norm", "mlp", "kv_heads", "hidden", "tie_embeddings")
+             if getattr(model.config, k) != getattr(gpt2, k)]
+    if other:
+        raise ValueError(f"GPT-2's format cannot express {', '.join(other)}; export a Llama-family "
+                         "model with minilm.formats.llama_hf.save_hf_llama")
     return {k: (v.t() if k.endswith(CONV1D_SUFFIXES) else v).detach().clone().contiguous()
             for k, v in model.state_dict().items()}
 
@@ -84,7 +90,7 @@ def hf_config_dict(config: ModelConfig) -> dict:
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
         "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
-        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,
+        "activation_function": "gelu_new", "layer_norm_epsilon": config.norm_eps, "tie_word_embeddings": True,
         "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
     }
 

@@ -1,16 +1,25 @@
 """Properties of the decoder: causality, the two attention paths agree, the KV cache changes nothing,
-batch independence, rotary positions see offsets only, the closed-form parameter count, and the
-GPT-2 format round trip. Every shape-drawn property runs with both position encodings."""
+batch independence, rotary positions see offsets only, the closed-form parameter count, the GPT-2
+presets build GPT-2's layers, and the GPT-2 format round trip. Every shape-drawn property runs with
+both position encodings and both families' choices (norm, MLP, key/value heads, tied head)."""
 from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
+import minilm.layers
 import minilm.model
-from minilm.config import ConfigError, ModelConfig
+from minilm.config import MLPS, NORMS, PRESETS, ConfigError, ModelConfig
 from minilm.gpt2_interop import save_hf_gpt2
 from minilm.model import GPT, KVCache, apply_rotary, causal_mask, reference_attention, rotary_cos_sin, sample_next
+
+
+# A Llama-shaped decoder at test size: every choice that differs from GPT-2's.
+LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu", mlp_hidden=48, n_kv_head=1, bias=False,
+             tie_embeddings=False)
 
 
 def make_model(seed=0, attention="sdpa", **overrides):
@@ -23,6 +32,8 @@ shapes = st.fixed_dictionaries({
     "n_layer": st.integers(1, 2), "n_head": st.sampled_from([1, 2, 4]),
     "head_dim": st.sampled_from([4, 8]), "bias": st.booleans(), "T": st.integers(1, 16),
     "B": st.integers(1, 3), "seed": st.integers(0, 2**16), "position": st.sampled_from(["learned", "rope"]),
+    "kv_group": st.sampled_from([1, 2, 4]), "norm": st.sampled_from(NORMS), "mlp": st.sampled_from(MLPS),
+    "mlp_hidden": st.sampled_from([0, 24]), "tie": st.booleans(),
 })
 
 
@@ -30,7 +41,8 @@ def model_for(s, attention):
     torch.manual_seed(s["seed"])
     config = ModelConfig(vocab_size=50, block_size=16, n_layer=s["n_layer"], n_head=s["n_head"],
                          n_embd=s["n_head"] * s["head_dim"], bias=s["bias"], attention=attention,
-                         position=s["position"])
+                         position=s["position"], n_kv_head=max(1, s["n_head"] // s["kv_group"]),
+                         norm=s["norm"], mlp=s["mlp"], mlp_hidden=s["mlp_hidden"], tie_embeddings=s["tie"])
     return GPT(config)
 
 
@@ -73,8 +85,8 @@ def test_kv_cache_prefill_then_continue_matches_full_forward(s, data):
 @pytest.mark.parametrize("dtype, expected", [(torch.float32, "sdpa"), (torch.bfloat16, "reference")])
 def test_auto_attention_takes_the_reference_path_only_for_bf16_on_a_cpu(monkeypatch, dtype, expected):
     calls = []
-    formula = minilm.model.reference_attention
-    monkeypatch.setattr(minilm.model, "reference_attention", lambda *args: calls.append(1) or formula(*args))
+    formula = minilm.layers.reference_attention
+    monkeypatch.setattr(minilm.layers, "reference_attention", lambda *args: calls.append(1) or formula(*args))
     idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         logits_auto = make_model(attention="auto")(idx)
@@ -93,12 +105,15 @@ def test_reference_attention_formula_on_a_hand_example():
     torch.testing.assert_close(out[0, 0, 1], w[0] * v[0, 0, 0] + w[1] * v[0, 0, 1])
 
 
-@pytest.mark.parametrize("position", ["learned", "rope"])
+FAMILIES = {"learned": dict(position="learned"), "rope": dict(position="rope"), "llama": LLAMA}
+
+
 @pytest.mark.parametrize("attention", ["reference", "sdpa"])
-@given(seed=st.integers(0, 1000), prompt_len=st.integers(1, 10), new=st.integers(1, 40))
-def test_greedy_generation_with_cache_equals_recompute(attention, position, seed, prompt_len, new):
+@given(family=st.sampled_from(sorted(FAMILIES)), seed=st.integers(0, 1000), prompt_len=st.integers(1, 10),
+       new=st.integers(1, 40))
+def test_greedy_generation_with_cache_equals_recompute(attention, family, seed, prompt_len, new):
     """Including past the context (32): both then fall back to the last block_size tokens."""
-    model = make_model(seed, attention, position=position)
+    model = make_model(seed, attention, **FAMILIES[family])
     idx = torch.randint(0, 97, (2, prompt_len), generator=torch.Generator().manual_seed(seed))
     with_cache = model.generate(idx, new, temperature=0, use_cache=True)
     without = model.generate(idx, new, temperature=0, use_cache=False)
@@ -182,18 +197,45 @@ def test_batch_independence(seed, B):
         torch.testing.assert_close(model(idx[b:b + 1])[0], together[b], rtol=0, atol=1e-5)
 
 
-@given(st.integers(1, 3), st.sampled_from([1, 2, 4]), st.sampled_from([8, 16]), st.booleans(),
-       st.integers(5, 100), st.integers(4, 64))
-def test_num_parameters_closed_form(n_layer, n_head, head_dim, bias, V, T):
-    C = n_head * head_dim
-    model = GPT(ModelConfig(vocab_size=V, block_size=T, n_layer=n_layer, n_head=n_head, n_embd=C, bias=bias))
-    linear_weights = 3 * C * C + C * C + 4 * C * C + 4 * C * C  # c_attn, attn.c_proj, c_fc, mlp.c_proj
-    linear_biases = (3 * C + C + 4 * C + C) if bias else 0
-    layer_norms = 2 * (2 * C if bias else C)
-    per_block = linear_weights + linear_biases + layer_norms
-    expected = V * C + T * C + n_layer * per_block + (2 * C if bias else C)  # + ln_f; lm_head tied
+def closed_form_parameters(c: ModelConfig) -> int:
+    """Count a config's parameters by hand: the embedding, per block two norms, the fused c_attn
+    ([q; k; v]: (n_head + 2 n_kv_head) head_dim rows), c_proj, the MLP, then ln_f and the head."""
+    C, hs, H = c.n_embd, c.n_embd // c.n_head, c.mlp_hidden or 4 * c.n_embd
+    n_kv = c.n_kv_head or c.n_head
+    norm = C + (C if c.norm == "layernorm" and c.bias else 0)
+    attn = (c.n_head + 2 * n_kv) * hs * C + c.n_head * hs * C + ((c.n_head + 2 * n_kv) * hs + C if c.bias else 0)
+    up_rows = 2 * H if c.mlp == "swiglu" else H  # swiglu's c_fc holds gate and up
+    mlp = up_rows * C + H * C + (up_rows + C if c.bias else 0)
+    positions = c.block_size * C if c.position == "learned" else 0
+    head = 0 if c.tie_embeddings else c.vocab_size * C
+    return c.vocab_size * C + positions + c.n_layer * (2 * norm + attn + mlp) + norm + head
+
+
+@given(st.integers(1, 3), st.sampled_from([(1, 1), (2, 1), (4, 2), (4, 4)]), st.sampled_from([8, 16]),
+       st.booleans(), st.integers(5, 100), st.integers(4, 64), st.sampled_from(NORMS), st.sampled_from(MLPS),
+       st.sampled_from([0, 20]), st.booleans(), st.sampled_from(["learned", "rope"]))
+def test_num_parameters_closed_form(n_layer, heads, head_dim, bias, V, T, norm, mlp, hidden, tie, position):
+    n_head, n_kv_head = heads
+    config = ModelConfig(vocab_size=V, block_size=T, n_layer=n_layer, n_head=n_head, n_embd=n_head * head_dim,
+                         bias=bias, norm=norm, mlp=mlp, mlp_hidden=hidden, n_kv_head=n_kv_head,
+                         tie_embeddings=tie, position=position)
+    model = GPT(config)
+    expected = closed_form_parameters(config)
     assert model.num_parameters() == expected
-    assert model.num_parameters(non_embedding=True) == expected - T * C
+    lookups = (T * config.n_embd if position == "learned" else 0) + (0 if tie else V * config.n_embd)
+    assert model.num_parameters(non_embedding=True) == expected - lookups
+
+
+def test_smollm2_shape_has_the_published_parameter_count():
+    smollm2 = ModelConfig(vocab_size=49152, block_size=8192, n_layer=30, n_head=9, n_kv_head=3, n_embd=576,
+                          mlp="swiglu", mlp_hidden=1536, norm="rmsnorm", bias=False, position="rope",
+                          rope_base=100000.0)
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        model = GPT(smollm2)
+    assert model.num_parameters() == closed_form_parameters(smollm2) == 134_515_008  # "SmolLM2-135M"
+    with torch.device("meta"):
+        untied = GPT(replace(smollm2, tie_embeddings=False))
+    assert untied.num_parameters() == 134_515_008 + 49152 * 576
 
 
 def test_flops_and_mfu():
@@ -206,6 +248,135 @@ def test_flops_and_mfu():
     model.lm_head.weight.requires_grad_(True)  # the tied embedding: counted once
     assert model.flops_per_token(seq_len=32) == 4 * n + 2 * model.lm_head.weight.numel() + 12 * 2 * 32 * 32
     assert model.estimate_mfu(1000.0, peak_flops=model.flops_per_token() * 2000) == pytest.approx(0.5)
+
+
+def test_flops_count_an_untied_head_and_not_its_embedding_table():
+    model = make_model(**LLAMA)
+    C, V = model.config.n_embd, model.config.vocab_size
+    n = model.num_parameters(non_embedding=True)
+    assert n == model.num_parameters() - V * C  # the token table is read, not multiplied
+    attention = 12 * 2 * 32 * 32  # n_layer 2, n_head * head_dim 32, T 32: GQA shares keys, not this work
+    assert model.flops_per_token(seq_len=32) == 6 * n + attention
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.transformer.wte.weight.requires_grad_(True)  # trainable, but no matmul: no FLOPs
+    assert model.flops_per_token(seq_len=32) == 4 * n + attention
+
+
+def test_untied_head_is_its_own_weight():
+    tied, untied = make_model(**dict(LLAMA, tie_embeddings=True)), make_model(**LLAMA)
+    assert tied.lm_head.weight is tied.transformer.wte.weight and "lm_head.weight" not in dict(tied.named_parameters())
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    assert "lm_head.weight" in dict(untied.named_parameters())
+    idx = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(0))
+    untied(idx).square().mean().backward()
+    head, table = untied.lm_head.weight.grad, untied.transformer.wte.weight.grad
+    assert head.abs().sum() > 0 and (table[idx.unique()].abs().sum(-1) > 0).all()
+    unused = torch.ones(97, dtype=torch.bool)
+    unused[idx.unique()] = False
+    assert (table[unused] == 0).all()  # the table gets gradient only at the tokens read; the head everywhere
+    with torch.no_grad():
+        untied.lm_head.weight.zero_()
+    assert (untied(idx) == 0).all()  # the logits come from the head alone
+
+
+def gpt2_forward(state: dict, config: ModelConfig, idx: torch.Tensor) -> torch.Tensor:
+    """GPT-2 written out from its state dict, as the decoder computed it before the Llama family:
+    LayerNorm, n_head key/value heads in thirds of c_attn, a 4 n_embd tanh-GELU MLP, tied head."""
+    B, T = idx.shape
+    C, nh = config.n_embd, config.n_head
+
+    def linear(x, name):
+        return F.linear(x, state[name + ".weight"], state.get(name + ".bias"))
+
+    def norm(x, name):
+        return F.layer_norm(x, (C,), state[name + ".weight"], state.get(name + ".bias"), 1e-5)
+
+    x = state["transformer.wte.weight"][idx]
+    pos = torch.arange(T)
+    rotary = rotary_cos_sin(pos, C // nh, config.rope_base) if config.position == "rope" else None
+    if rotary is None:
+        x = x + state["transformer.wpe.weight"][pos]
+    for i in range(config.n_layer):
+        h = f"transformer.h.{i}."
+        q, k, v = linear(norm(x, h + "ln_1"), h + "attn.c_attn").split(C, dim=2)
+        q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        scores = (q @ k.transpose(-2, -1) / (C // nh) ** 0.5).masked_fill(~causal_mask(T, T, "cpu"), float("-inf"))
+        y = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + linear(y, h + "attn.c_proj")
+        x = x + linear(F.gelu(linear(norm(x, h + "ln_2"), h + "mlp.c_fc"), approximate="tanh"), h + "mlp.c_proj")
+    return norm(x, "transformer.ln_f") @ state["transformer.wte.weight"].T
+
+
+def gpt2_parameter_shapes(c: ModelConfig) -> dict:
+    C, V = c.n_embd, c.vocab_size
+    shapes = {"transformer.wte.weight": (V, C), "transformer.ln_f.weight": (C,)}
+    if c.position == "learned":
+        shapes["transformer.wpe.weight"] = (c.block_size, C)
+    for i in range(c.n_layer):
+        for name, shape in [("ln_1", C), ("attn.c_attn", 3 * C), ("attn.c_proj", C), ("ln_2", C),
+                            ("mlp.c_fc", 4 * C), ("mlp.c_proj", C)]:
+            fan_in = 4 * C if name == "mlp.c_proj" else C
+            shapes[f"transformer.h.{i}.{name}.weight"] = (shape,) if name.startswith("ln") else (shape, fan_in)
+            if c.bias:
+                shapes[f"transformer.h.{i}.{name}.bias"] = (shape,)
+    if c.bias:
+        shapes["transformer.ln_f.bias"] = (C,)
+    return shapes
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_builds_gpt2_layers(preset):
+    """The Llama fields default to GPT-2's choices, so each preset's decoder is what it always was:
+    the same parameter names and shapes (hence the same init draws), LayerNorm, GELU MLP, tied head."""
+    config = PRESETS[preset].model
+    with torch.device("meta"):
+        model = GPT(config)
+    assert {k: tuple(p.shape) for k, p in model.named_parameters()} == gpt2_parameter_shapes(config)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    for block in model.transformer.h:
+        assert type(block.ln_1) is type(block.ln_2) is nn.LayerNorm and type(block.mlp) is minilm.layers.MLP
+        assert block.attn.n_kv_head == block.attn.n_head
+    assert type(model.transformer.ln_f) is nn.LayerNorm
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_gpt2_forward_is_the_written_out_gpt2(position):
+    model = make_model(5, "reference", position=position)
+    idx = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(model(idx), gpt2_forward(model.state_dict(), model.config, idx), rtol=0, atol=1e-6)
+
+
+def test_generation_sizes_the_cache_to_the_tokens_it_needs(monkeypatch):
+    sizes = []
+    original = minilm.model.KVCache
+    monkeypatch.setattr(minilm.model, "KVCache", lambda *args: sizes.append(args[-1]) or original(*args))
+    model = make_model(**LLAMA)  # block_size 32
+    prompt = torch.zeros(2, 5, dtype=torch.long)
+    model.generate(prompt, 7, temperature=0)
+    model.generate(prompt, 40, temperature=0)  # past the context: capped, then recomputed as before
+    assert sizes == [5 + 7, 32]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(n_head=4, n_kv_head=3), "n_head (4) must be a multiple of n_kv_head (3)"),
+    (dict(n_kv_head=-1), "n_kv_head must be positive"),
+    (dict(norm="batchnorm"), "norm must be one of layernorm, rmsnorm, got 'batchnorm'"),
+    (dict(mlp="relu"), "mlp must be one of gelu, swiglu, got 'relu'"),
+    (dict(mlp_hidden=-1), "mlp_hidden must be positive"),
+    (dict(norm_eps=0.0), "norm_eps must be positive"),
+])
+def test_bad_llama_fields_give_one_clear_line(change, message):
+    with pytest.raises(ConfigError) as error:
+        ModelConfig(**change)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_gpt2_export_refuses_what_gpt2_cannot_express():
+    with pytest.raises(ValueError, match="GPT-2's format cannot express norm='rmsnorm', mlp='swiglu'"):
+        make_model(**dict(LLAMA, position="learned")).to_hf_gpt2()
 
 
 def test_init_follows_gpt2():
