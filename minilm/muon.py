@@ -4,7 +4,8 @@ For a weight matrix W (rows x cols) with gradient G, one step with learning rate
 and weight decay wd is
 
     B <- mu B + (1 - mu) G               momentum buffer, an average of recent gradients
-    M <- mu B + (1 - mu) G               Nesterov: look one step ahead (or M <- B without it)
+    M <- mu B + (1 - mu) G               Nesterov, with the new B: the average one step ahead
+                                         (M <- B without Nesterov)
     O <- NS(M)  ~  U V^T                 where M = U S V^T (reduced SVD): every direction of M at unit
                                          size, so rare directions move as far as dominant ones
     W <- (1 - lr wd) W                   decoupled weight decay, at the unadjusted lr
@@ -54,8 +55,9 @@ def orthogonalize(m: torch.Tensor, dtype: torch.dtype = torch.float32, steps: in
     (0, 1]. Each step X <- a X + b (X X^T) X + c (X X^T)^2 X keeps U and V and maps every singular
     value s to p(s) = a s + b s^3 + c s^5. Repeated, p pushes each s towards the band [0.68, 1.21]
     around 1, and fast: p'(0) = a = 3.4445, so small singular values grow 3.4x per step. The
-    coefficients trade exactness for speed: the result does not converge to exactly 1 (p has no
-    fixed point there; the values oscillate inside the band), which Muon does not need.
+    coefficients trade exactness for speed: the values do not converge to 1 (p(1) = a + b + c = 0.70,
+    and p's fixed point in the band, 0.868, repels: they keep oscillating inside it), which Muon
+    does not need; five steps bring every s of at least 0.002 there.
 
     A wide X (rows <= cols) makes X X^T the smaller Gram matrix; a tall m is transposed first.
     Returns a tensor of m's shape in `dtype`.
