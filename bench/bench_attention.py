@@ -5,14 +5,17 @@
 Both paths run in the same process, interleaved, so the ratio is fair on a noisy machine.
 """
 import argparse
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
-from minilm.config import PRESETS
-from minilm.model import GPT
-from minilm.runtime import autocast
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's minilm, not an installed one
+from minilm.config import PRESETS  # noqa: E402
+from minilm.model import GPT  # noqa: E402
+from minilm.runtime import autocast, machine_summary  # noqa: E402
 
 
 def time_steps(model, idx, steps, dtype):
@@ -37,6 +40,7 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="bfloat16 runs under autocast, as train.py's --dtype bfloat16 / fast")
     args = parser.parse_args()
+    print(machine_summary())
     dtype = getattr(torch, args.dtype)
 
     config = PRESETS[args.config].model

@@ -33,12 +33,14 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from minilm.config import PRESETS
-from minilm.freeze import count_parameters, lora_param_groups
-from minilm.loss import nll_loss
-from minilm.lora import apply_lora, save_adapter
-from minilm.model import GPT
-from minilm.optim import param_groups
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's minilm, not an installed one
+from minilm.config import PRESETS  # noqa: E402
+from minilm.freeze import count_parameters, lora_param_groups  # noqa: E402
+from minilm.loss import nll_loss  # noqa: E402
+from minilm.lora import apply_lora, save_adapter  # noqa: E402
+from minilm.model import GPT  # noqa: E402
+from minilm.optim import param_groups  # noqa: E402
+from minilm.runtime import machine_summary  # noqa: E402
 
 
 def current_rss_bytes() -> int:
@@ -128,6 +130,7 @@ def main():
     if args.variant:
         print(json.dumps(run_variant(args.variant, batch_size, seq_len, steps, args.device)))
         return
+    print(machine_summary(), flush=True)
 
     results = {}
     for variant in ("full", "lora"):

@@ -36,6 +36,7 @@ from minilm.config import from_dict  # noqa: E402
 from minilm.evaluate import evaluate_model  # noqa: E402
 from minilm.model import GPT  # noqa: E402
 from minilm.pipeline import EVAL_SPLITS, _by_split_and_kind, eval_tasks  # noqa: E402
+from minilm.runtime import machine_summary  # noqa: E402
 
 # name -> (--finetune mode, random base?, learning rate: None = the run's ft_lr). Full weights
 # take a lower rate than adapters, as usual (1e-3 trained the small model well in our runs).
@@ -97,6 +98,7 @@ def main():
     parser.add_argument("--ft_max_iters", type=int, default=0, help="0: the run's own setting")
     parser.add_argument("--eval_tasks_per_split", type=int, default=0, help="0: the run's own setting")
     args = parser.parse_args()
+    print(machine_summary(), flush=True)
 
     run = Path(args.run)
     if not (run / "pretrain" / ckpt.MODEL_FILE).is_file():

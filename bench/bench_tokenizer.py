@@ -10,10 +10,14 @@ comparison with it is not measured here.
 """
 import argparse
 import os
+import sys
 import sysconfig
 import time
+from pathlib import Path
 
-from minilm.tokenizer import Tokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's minilm, not an installed one
+from minilm.runtime import machine_summary  # noqa: E402
+from minilm.tokenizer import Tokenizer  # noqa: E402
 
 SPECIALS = ("<|endoftext|>", "<|task|>", "<|code|>", "<|buggy|>", "<|explain|>")
 
@@ -48,6 +52,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="~1 MB of training text instead of ~10 MB")
     parser.add_argument("--vocab-size", type=int, default=4096)
     args = parser.parse_args()
+    print(machine_summary())
     train_mb, held_mb = (1, 0.3) if args.quick else (10, 1)
     train, held_out, n_train, n_held = stdlib_split(int(train_mb * 1e6), int(held_mb * 1e6))
     print(f"corpus: {n_train / 1e6:.2f} MB training ({len(train)} files), "

@@ -8,10 +8,12 @@ AdamW with decoupled weight decay, applied only where it means "prefer small wei
 
 Rule used: a parameter decays when it is 2-D and is not the position embedding.
 
-Optionally ("muon"), the weight matrices inside the blocks use torch.optim.Muon instead: momentum
+Optionally ("muon"), the weight matrices inside the blocks use Muon instead (minilm/muon.py): momentum
 SGD whose update is orthogonalised by a few Newton-Schulz iterations (Jordan et al. 2024), scaled to
 AdamW's update size ("match_rms_adamw") so the same lr applies. Embeddings, biases and LayerNorms
 stay on AdamW, as Muon is defined for hidden matrices only. `OptimizerPair` steps both as one.
+The Newton-Schulz iteration runs in bf16 where bf16 matmuls are native and in fp32 elsewhere
+(`newton_schulz_dtype`), whatever --dtype says: it is the optimizer's arithmetic, not the model's.
 
 Schedule (`lr_at`), as in GPT-2/nanoGPT:
 
@@ -27,7 +29,9 @@ from typing import Iterable, Optional
 import torch
 import torch.nn as nn
 
+from minilm import runtime
 from minilm.config import OPTIMIZERS
+from minilm.muon import Muon
 
 NO_DECAY_NAMES = ("wpe.weight",)  # 2-D, but a position table, not a weight matrix
 
@@ -82,6 +86,12 @@ def is_hidden_matrix(name: str, p: nn.Parameter) -> bool:
     return p.dim() == 2 and ".h." in f".{name}"
 
 
+def newton_schulz_dtype(device_type: str) -> torch.dtype:
+    """bf16 where bf16 matmuls are native (as torch.optim.Muon always does; the same figures on such
+    machines), fp32 elsewhere: on a CPU without avx512_bf16 / AMX a bf16 matmul is 100-200x slower."""
+    return torch.bfloat16 if runtime.has_native_bf16(torch.device(device_type)) else torch.float32
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                    device_type: str, groups: Optional[list[dict]] = None, kind: str = "adamw"):
     """AdamW (or Muon + AdamW, kind="muon") over the model's trainable parameters.
@@ -108,7 +118,8 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tupl
     if not on_muon:
         return adamw
     muon_group = {"params": [p for _, p in on_muon], "names": [n for n, _ in on_muon], "lr_scale": 1.0}
-    muon = torch.optim.Muon([muon_group], lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+    muon = Muon([muon_group], lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw",
+                ns_dtype=newton_schulz_dtype(device_type))
     return OptimizerPair(adamw=adamw, muon=muon)
 
 

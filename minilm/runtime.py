@@ -5,7 +5,16 @@
 
 bfloat16 here means autocast: parameters and optimizer state stay fp32, matmuls run in bf16 (the
 loss upcasts its logits to fp32). On CUDA TF32 matmuls are switched on too. On a CPU, bf16 pays
-only with native bf16 instructions (avx512_bf16 or AMX); bench/bench_train.py measures both.
+only with native bf16 instructions (avx512_bf16 or AMX): without them a bf16 matmul is 100-200x
+slower than fp32, so nothing may run in bf16 there (tests/test_bf16_guard.py checks training, Muon's
+Newton-Schulz iteration included, and generation). bench/bench_train.py measures both.
+
+    MINILM_NATIVE_BF16=0   treat this CPU as lacking native bf16 (the fp32 path a machine without
+                           it takes, e.g. to time it on one that has it)
+    MINILM_NATIVE_BF16=1   treat it as having native bf16 (when /proc/cpuinfo cannot tell)
+
+`machine_summary()` is the one line every bench/ script prints first: which processor the figures
+come from.
 
 MFU = achieved training FLOP/s / peak FLOP/s. The peak comes from --peak_flops when given, else a
 table of dense bf16 tensor-core figures for common GPUs, else a short matmul timed on the device
@@ -14,6 +23,8 @@ table of dense bf16 tensor-core figures for common GPUs, else a short matmul tim
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import time
 from functools import lru_cache
 
@@ -44,22 +55,68 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name == "fast":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-        return torch.bfloat16 if native else torch.float32
+        return torch.bfloat16 if has_native_bf16(device) else torch.float32
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if name not in table:
         raise ConfigError(f"--dtype must be auto, fast, float32 or bfloat16, got {name!r}")
     return table[name]
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """bf16 matmuls at full speed on this device: any CUDA GPU, or a CPU with avx512_bf16 / AMX."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+
+
+BF16_ENV = "MINILM_NATIVE_BF16"
+
+
 def cpu_has_native_bf16() -> bool:
-    """True when /proc/cpuinfo lists avx512_bf16 or amx_bf16 (Linux only; False elsewhere)."""
+    """True when /proc/cpuinfo lists avx512_bf16 or amx_bf16 (Linux only; False elsewhere), unless
+    MINILM_NATIVE_BF16 is 0 or 1 (module docstring). Callers go through this module
+    (`runtime.cpu_has_native_bf16()`), so that a test can pretend either processor."""
+    forced = os.environ.get(BF16_ENV)
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise ConfigError(f"{BF16_ENV} must be 0 (no native bf16) or 1 (native bf16), got {forced!r}; "
+                              "unset it to read /proc/cpuinfo")
+        return forced == "1"
+    return bool(_cpuinfo_bf16_flags())
+
+
+def _cpuinfo_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The bf16 instruction flags /proc/cpuinfo lists (empty where there is no /proc/cpuinfo)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = set(f.read().split())
+    except OSError:
+        return []
+    return [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+
+
+def cpu_model_name() -> str:
+    """The processor's name: "model name" in /proc/cpuinfo, else what the platform module says."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_summary() -> str:
+    """One line naming where figures were measured, e.g.
+    "machine: AMD EPYC, 2 cores (torch 2 threads), native bf16: yes (avx512_bf16), torch 2.13.0+cpu, no CUDA"."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    flags = _cpuinfo_bf16_flags()
+    if os.environ.get(BF16_ENV) is not None:
+        bf16 = f"{'yes' if cpu_has_native_bf16() else 'no'} ({BF16_ENV}={os.environ[BF16_ENV]})"
+    else:
+        bf16 = f"yes ({', '.join(flags)})" if flags else "no"
+    cuda = f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no CUDA"
+    return (f"machine: {cpu_model_name()}, {cores} cores (torch {torch.get_num_threads()} threads), "
+            f"native bf16: {bf16}, torch {torch.__version__}, {cuda}")
 
 
 def setup_fast_math(device: torch.device) -> None:

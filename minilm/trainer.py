@@ -386,9 +386,15 @@ class _StopRequests:
                          "(Ctrl-C again to quit at once)")
 
     def __enter__(self):
+        """Install the handler, keeping whatever was there to put back on exit: Python's Ctrl-C
+        handler in a terminal, SIG_IGN under nohup or a CI runner, an application's own handler."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handler)
+                previous = signal.getsignal(sig)
+                if previous is None:  # installed outside Python: it could not be put back, so leave it
+                    continue
+                self.previous[sig] = previous
+                signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc):

@@ -5,6 +5,7 @@ Everything runs on synthetic data with a tiny model (the `tiny` preset with a 32
 the properties are about the engine, not the data modules. tests/test_distributed.py and
 tests/test_checkpoint.py reuse `make_trainer`.
 """
+import contextlib
 import json
 import math
 import os
@@ -258,13 +259,36 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_identically(tmp_path, op
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C delivers
         return batches(step, micro)
     interrupted = make_trainer(tmp_path / "run", batches=source, max_iters=8, optimizer=optimizer)
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler in a terminal, SIG_IGN under nohup
     with pytest.raises(TrainingInterrupted, match="step 5.*--resume"):
         interrupted.fit()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # the handler in place before is back
     assert ckpt.latest_checkpoint(tmp_path / "run" / "pretrain" / "checkpoints").name == "step_000005"
     resumed = make_trainer(tmp_path / "run", max_iters=8, optimizer=optimizer)
     resumed.fit(resume=True)
     assert_same_weights(weights(reference), weights(resumed))
+
+
+@pytest.mark.parametrize("previous", [signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL,
+                                      lambda signum, frame: None])
+@pytest.mark.parametrize("how", ["finished", "raised"])
+def test_stop_requests_put_back_whatever_handler_was_there(previous, how):
+    """However the tests are started (a terminal, nohup, a CI runner ignoring SIGINT), a run leaves
+    the signal handlers as it found them, also when it ends with an exception."""
+    from minilm.trainer import _StopRequests
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in saved:
+            signal.signal(sig, previous)
+        with pytest.raises(RuntimeError) if how == "raised" else contextlib.nullcontext():
+            with _StopRequests(trainer=None):  # its handler is never called here
+                assert signal.getsignal(signal.SIGINT) is not previous  # ours is in place meanwhile
+                if how == "raised":
+                    raise RuntimeError("the run failed")
+        assert all(signal.getsignal(sig) is previous for sig in saved)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def test_early_stopping_on_a_scripted_metric_series(tmp_path):
