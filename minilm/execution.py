@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Optional, Sequence, Union
 
-from minilm.sandbox_programs import HARNESS, LAUNCHER
+from minilm.sandbox_programs import HARNESS, LAUNCHER, NAMESPACE_INIT
 
 STATUSES = ("passed", "failed", "timeout", "crashed", "syntax_error")
-ISOLATIONS = ("bwrap", "limits")
+ISOLATIONS = ("bwrap", "unshare", "limits")  # strongest first
 OUTPUT_LIMIT = 8192  # bytes of the program's stdout/stderr kept in the result
 
 
@@ -63,7 +63,7 @@ class ExecutionResult:
     detail: str = ""  # the failing assertion, the exception, the signal, the limit hit
     output: str = ""  # the start of what the program printed (OUTPUT_LIMIT bytes at most)
     duration: float = 0.0  # wall-clock seconds, start of the process to its end
-    isolation: str = ""  # "bwrap" or "limits"
+    isolation: str = ""  # one of ISOLATIONS
 
     @property
     def passed(self) -> bool:
@@ -71,47 +71,84 @@ class ExecutionResult:
 
 
 # ---------------------------------------------------------------- choosing the isolation
+UNSHARE = ["--user", "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts", "--cgroup",
+           "--fork", "--mount-proc", "--kill-child"]
+WHAT_RUNS = {  # what the warning says about a level weaker than bwrap
+    "unshare": "the namespaces of util-linux's unshare set up by minilm (no network, no other "
+               "process visible, read-only filesystem; Linux 5.12+)",
+    "limits": "process limits and an audit hook only: it can read the filesystem, and a program "
+              "that gets past the hook can use the network and signal other processes"}
+
+
+def _probe(command: list[str]) -> Optional[str]:
+    """None when the command exits 0, else its last line of stderr (or why it could not start)."""
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return str(error)
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines() or [f"exit {done.returncode}"]
+        return lines[-1][:200]
+    return None
+
+
 @lru_cache(maxsize=None)
 def _bwrap_problem() -> Optional[str]:
     """None when bubblewrap can start a sandbox here, else why it cannot (probed once)."""
     path = shutil.which("bwrap")
     if path is None:
-        return "bwrap is not installed (apt-get install bubblewrap)"
-    probe = [path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
-             "--die-with-parent", sys.executable, "-I", "-S", "-c", "pass"]
+        return "bwrap is not installed"
+    problem = _probe([path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                      "--unshare-all", "--die-with-parent", sys.executable, "-I", "-S", "-c", "pass"])
+    return problem and f"bwrap failed to start: {problem}"
+
+
+@lru_cache(maxsize=None)
+def _unshare_problem() -> Optional[str]:
+    """None when unshare's namespaces and our mounts work here (user namespaces may be off)."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    workdir = tempfile.mkdtemp(prefix="minilm-probe-")
     try:
-        done = subprocess.run(probe, stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"bwrap failed to start: {error}"
-    if done.returncode != 0:
-        return f"bwrap failed to start: {done.stderr.decode(errors='replace').strip()[:200]}"
-    return None
+        problem = _probe(_unshare_command(workdir, [sys.executable, "-I", "-S", "-c", "pass"]))
+    finally:
+        os.rmdir(workdir)
+    return problem and f"unshare failed to start: {problem}"
+
+
+def isolation_problem(isolation: str) -> Optional[str]:
+    """None when this machine can run `isolation`, else why it cannot."""
+    problems = {"bwrap": _bwrap_problem, "unshare": _unshare_problem, "limits": lambda: None}
+    return problems[isolation]()
 
 
 def available_isolations() -> list[str]:
-    """The isolation modes this machine supports, strongest first."""
-    return ["limits"] if _bwrap_problem() else ["bwrap", "limits"]
+    """The isolation levels this machine supports, strongest first ("limits" always works)."""
+    return [isolation for isolation in ISOLATIONS if isolation_problem(isolation) is None]
 
 
 _warned = False
 
 
 def resolve_isolation(isolation: str = "auto") -> str:
-    """"auto" picks bwrap when it works and otherwise warns (once) and uses process limits alone."""
+    """"auto" picks the strongest level that works, and warns (once) when that is not bwrap."""
     global _warned
     if isolation not in ("auto",) + ISOLATIONS:
-        raise ValueError(f"unknown isolation {isolation!r}; use 'auto', 'bwrap' or 'limits'")
-    problem = _bwrap_problem() if isolation != "limits" else None
-    if isolation == "bwrap" and problem:
-        raise RuntimeError(f"isolation='bwrap' requested but {problem}")
-    if isolation == "auto" and problem:
-        if not _warned:
-            warnings.warn(f"SANDBOX WEAKENED: {problem}; generated code runs with process limits "
-                          "only, and can read the filesystem and use the network (docs/sandbox.md)",
-                          RuntimeWarning, stacklevel=3)
-            _warned = True
-        return "limits"
-    return "bwrap" if isolation == "auto" else isolation
+        raise ValueError(f"unknown isolation {isolation!r}; use 'auto', " +
+                         ", ".join(repr(name) for name in ISOLATIONS))
+    if isolation != "auto":
+        problem = isolation_problem(isolation)
+        if problem:
+            raise RuntimeError(f"isolation={isolation!r} requested but {problem}")
+        return isolation
+    chosen = available_isolations()[0]
+    if chosen != "bwrap" and not _warned:
+        problems = "; ".join(isolation_problem(name) for name in ISOLATIONS[:ISOLATIONS.index(chosen)])
+        warnings.warn(f"SANDBOX WEAKENED: {problems}. Generated code runs with isolation "
+                      f"{chosen!r}: {WHAT_RUNS[chosen]}. For the strongest level: apt-get install "
+                      "bubblewrap (docs/sandbox.md)", RuntimeWarning, stacklevel=3)
+        _warned = True
+    return chosen
 
 
 # ---------------------------------------------------------------- the programs that run
@@ -146,10 +183,19 @@ def _command(workdir: str, isolation: str, limits: Limits, timeout: float) -> li
         inner = [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                  "--tmpfs", "/tmp", "--bind", workdir, workdir, "--unshare-all",
                  "--die-with-parent", "--chdir", workdir, *harness]
+    elif isolation == "unshare":
+        inner = _unshare_command(workdir, harness)
     else:
         inner = harness
     config = {"rlimits": _rlimits(limits, timeout), "argv": inner}
     return [sys.executable, "-I", "-S", "-B", "-c", LAUNCHER, json.dumps(config)]
+
+
+def _unshare_command(workdir: str, argv: list[str]) -> list[str]:
+    """unshare makes the namespaces; NAMESPACE_INIT mounts, drops privileges and runs argv."""
+    config = json.dumps({"workdir": workdir, "argv": argv})
+    return [shutil.which("unshare"), *UNSHARE, "--", sys.executable, "-I", "-S", "-B", "-c",
+            NAMESPACE_INIT, config]
 
 
 def _environment(workdir: str) -> dict[str, str]:
