@@ -1,10 +1,11 @@
 """Run generated code against its tests, without letting it hurt the machine that evaluates it.
 
 A candidate program is untrusted: a model can write an infinite loop, a fork, a 30 GB list or an
-`os.remove`. Each candidate runs like this:
+`os.remove`. Each candidate runs like this, at the strongest isolation level the machine offers:
 
-    evaluator --Popen--> launcher --fork/exec--> bwrap (namespaces) --> python -I harness.py
-                         (rlimits, subreaper)  \\-> python -I harness.py          (no bwrap: "limits")
+    evaluator --Popen--> launcher --exec--> bwrap (namespaces) ------------> python -I harness.py
+                         (rlimits,   \----> unshare (namespaces) -> init --> python -I harness.py
+                          subreaper)  \---> python -I harness.py               ("limits": neither)
 
 - a fresh temporary directory, removed afterwards, is the only place it may write;
 - resource limits (setrlimit): CPU seconds, address space, file size, open files, processes;
@@ -13,13 +14,21 @@ A candidate program is untrusted: a model can write an infinite loop, a fork, a 
   evaluator then kills the launcher's process group as a backstop (no orphans, no zombies);
 - a minimal environment, stdin from /dev/null, no inherited file descriptors, output read
   through a pipe and capped (printing megabytes costs nothing but the time);
-- with bubblewrap: a read-only view of the filesystem, a private /tmp, no network, its own PID
-  namespace (nothing outside is visible or killable) and --die-with-parent;
-- without bubblewrap ("limits"): the rlimits, the launcher, and a loud warning;
-- in both, an audit hook (PEP 578) in the harness refuses writes outside the directory, signals
+- "bwrap" (bubblewrap installed): a read-only view of the filesystem, a private /tmp and /run, a
+  minimal /dev, no network,
+  its own PID namespace (nothing outside is visible or killable) and --die-with-parent;
+- "unshare" (no bubblewrap, but user namespaces allowed: util-linux's `unshare` and Linux 5.12+):
+  the same namespaces, and NAMESPACE_INIT (minilm/sandbox_programs.py) makes the mounts: every
+  mount read-only, fresh tmpfs on /tmp, /dev/shm and /run, a /dev with null, zero, full, random,
+  urandom only, the directory writable; then it gives up every capability (a nested user
+  namespace that locks those mounts), starts the harness and waits as the PID namespace's init;
+- "limits" (neither works): the rlimits, the launcher, and a loud warning;
+- in all, an audit hook (PEP 578) in the harness refuses writes outside the directory, signals
   to other processes, fork/exec/subprocess, sockets and ctypes: a guard against accidents, not a
-  security boundary. docs/sandbox.md says what each layer does and does not protect against.
+  security boundary (a C entry point that raises no audit event gets past it). docs/sandbox.md
+  says what each level and layer does and does not protect against.
 
+Any level but "bwrap" warns once, naming the level that runs and how to get the strongest one.
 The harness reports a verdict through a file in the directory; a program that dies, exits or
 closes its output before the tests finish has no verdict and is reported "crashed".
 """
@@ -181,7 +190,8 @@ def _command(workdir: str, isolation: str, limits: Limits, timeout: float) -> li
     harness = [sys.executable, "-I", "-B", "harness.py"]
     if isolation == "bwrap":
         inner = [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                 "--tmpfs", "/tmp", "--bind", workdir, workdir, "--unshare-all",
+                 "--tmpfs", "/tmp", *(["--tmpfs", "/run"] if os.path.isdir("/run") else []),
+                 "--bind", workdir, workdir, "--unshare-all",
                  "--die-with-parent", "--chdir", workdir, *harness]
     elif isolation == "unshare":
         inner = _unshare_command(workdir, harness)

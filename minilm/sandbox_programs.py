@@ -73,13 +73,14 @@ os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS
 # made its propagation private, so nothing here reaches the host). In order:
 #   1. every mount read-only, recursively (mount_setattr, Linux 5.12+): a user namespace may add
 #      MS_RDONLY to the mounts it copied, though it could never take one away;
-#   2. fresh tmpfs on /tmp, /dev/shm and /run (private scratch space; /run also hides the host's
-#      daemon sockets, docker.sock among them), and on /dev with only null, zero, full, random,
-#      urandom bound in: the host's /dev would let a program run by root open /dev/sda;
+#   2. a tmpfs on /dev with only null, zero, full, random, urandom bound in (the host's /dev would
+#      let a program run by root open /dev/sda), then fresh tmpfs on /dev/shm, /tmp and /run:
+#      private scratch space, and /run no longer shows the host daemons' sockets (docker.sock);
 #   3. the working directory bound back over its own path (it may lie under the new /tmp), writable;
-#   4. unshare(CLONE_NEWUSER | CLONE_NEWNS): a second user namespace in which our uid is unmapped,
-#      so exec drops every capability, and the copied mounts are *locked* (read-only stays,
-#      nothing can be unmounted to show what lies below);
+#   4. no_new_privs, then unshare(CLONE_NEWUSER | CLONE_NEWNS): a second user namespace in which
+#      our uid is unmapped, so exec drops every capability (and the program cannot make user
+#      namespaces of its own), and the copied mounts are *locked* (read-only stays, nothing can
+#      be unmounted to show what lies below);
 #   5. fork the harness in a session of its own, and wait: as init, signals from inside the
 #      namespace cannot kill us, and when we exit the kernel kills whatever is left in it.
 # Exit code: the harness's, or 128 + N when signal N killed it (as bwrap reports it).
