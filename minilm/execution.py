@@ -48,7 +48,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 from minilm.sandbox_programs import HARNESS, LAUNCHER, NAMESPACE_INIT
 
@@ -89,12 +89,32 @@ WHAT_RUNS = {  # what the warning says about a level weaker than bwrap
               "that gets past the hook can use the network and signal other processes"}
 
 
-def _probe(command: list[str]) -> Optional[str]:
-    """None when the command exits 0, else its last line of stderr (or why it could not start)."""
+# Each level's command runs argv in workdir; _probe tries it once, on `python -c pass`.
+def _bwrap_command(workdir: str, argv: list[str]) -> list[str]:
+    private_run = ["--tmpfs", "/run"] if os.path.isdir("/run") else []  # host daemons' sockets
+    return [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", "/tmp", *private_run, "--bind", workdir, workdir, "--unshare-all",
+            "--die-with-parent", "--chdir", workdir, *argv]
+
+
+def _unshare_command(workdir: str, argv: list[str]) -> list[str]:
+    """unshare makes the namespaces; NAMESPACE_INIT mounts, drops privileges and runs argv."""
+    config = json.dumps({"workdir": workdir, "argv": argv})
+    return [shutil.which("unshare"), *UNSHARE, "--", sys.executable, "-I", "-S", "-B", "-c",
+            NAMESPACE_INIT, config]
+
+
+def _probe(command_in: Callable[[str, list[str]], list[str]]) -> Optional[str]:
+    """Start a sandbox that runs `python -c pass` in a fresh folder: None when it exits 0, else
+    the last line of its stderr, or why it could not start."""
+    workdir = tempfile.mkdtemp(prefix="minilm-probe-")
     try:
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+        done = subprocess.run(command_in(workdir, [sys.executable, "-I", "-S", "-c", "pass"]),
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as error:
         return str(error)
+    finally:
+        os.rmdir(workdir)
     if done.returncode != 0:
         lines = done.stderr.decode(errors="replace").strip().splitlines() or [f"exit {done.returncode}"]
         return lines[-1][:200]
@@ -104,11 +124,9 @@ def _probe(command: list[str]) -> Optional[str]:
 @lru_cache(maxsize=None)
 def _bwrap_problem() -> Optional[str]:
     """None when bubblewrap can start a sandbox here, else why it cannot (probed once)."""
-    path = shutil.which("bwrap")
-    if path is None:
+    if shutil.which("bwrap") is None:
         return "bwrap is not installed"
-    problem = _probe([path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                      "--unshare-all", "--die-with-parent", sys.executable, "-I", "-S", "-c", "pass"])
+    problem = _probe(_bwrap_command)
     return problem and f"bwrap failed to start: {problem}"
 
 
@@ -117,11 +135,7 @@ def _unshare_problem() -> Optional[str]:
     """None when unshare's namespaces and our mounts work here (user namespaces may be off)."""
     if shutil.which("unshare") is None:
         return "unshare (util-linux) is not installed"
-    workdir = tempfile.mkdtemp(prefix="minilm-probe-")
-    try:
-        problem = _probe(_unshare_command(workdir, [sys.executable, "-I", "-S", "-c", "pass"]))
-    finally:
-        os.rmdir(workdir)
+    problem = _probe(_unshare_command)
     return problem and f"unshare failed to start: {problem}"
 
 
@@ -188,24 +202,10 @@ def _rlimits(limits: Limits, timeout: float) -> dict[str, int]:
 
 def _command(workdir: str, isolation: str, limits: Limits, timeout: float) -> list[str]:
     harness = [sys.executable, "-I", "-B", "harness.py"]
-    if isolation == "bwrap":
-        inner = [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                 "--tmpfs", "/tmp", *(["--tmpfs", "/run"] if os.path.isdir("/run") else []),
-                 "--bind", workdir, workdir, "--unshare-all",
-                 "--die-with-parent", "--chdir", workdir, *harness]
-    elif isolation == "unshare":
-        inner = _unshare_command(workdir, harness)
-    else:
-        inner = harness
+    commands = {"bwrap": _bwrap_command, "unshare": _unshare_command, "limits": lambda _, argv: argv}
+    inner = commands[isolation](workdir, harness)
     config = {"rlimits": _rlimits(limits, timeout), "argv": inner}
     return [sys.executable, "-I", "-S", "-B", "-c", LAUNCHER, json.dumps(config)]
-
-
-def _unshare_command(workdir: str, argv: list[str]) -> list[str]:
-    """unshare makes the namespaces; NAMESPACE_INIT mounts, drops privileges and runs argv."""
-    config = json.dumps({"workdir": workdir, "argv": argv})
-    return [shutil.which("unshare"), *UNSHARE, "--", sys.executable, "-I", "-S", "-B", "-c",
-            NAMESPACE_INIT, config]
 
 
 def _environment(workdir: str) -> dict[str, str]:
