@@ -211,6 +211,21 @@ def test_writing_or_deleting_outside_the_sandbox_is_refused(isolation, tmp_path)
             assert "Read-only file system" in results[0].detail
 
 
+def test_the_read_only_filesystem_cannot_be_made_writable(isolation):
+    if isolation not in NAMESPACED:
+        pytest.skip(f"{isolation!r} has no read-only filesystem to undo (docs/sandbox.md)")
+    outside = os.path.join(os.getcwd(), f"escaped-{uuid.uuid4().hex}.txt")
+    shell = f"echo tried; mount -o remount,bind,rw /; mount -o remount,rw /; echo x > {outside}"
+    source = f"import os\nos.system({shell!r})\nopen({outside!r}, 'w').write('x')\n" + ADD
+    try:
+        result = run_program(source, ADD_TESTS, timeout=5, isolation=isolation, guard=False)
+        assert "tried" in result.output and result.status == "crashed"
+        assert not os.path.exists(outside)
+    finally:
+        if os.path.exists(outside):
+            os.remove(outside)
+
+
 @pytest.mark.parametrize("guard", [True, False])
 def test_killing_the_parent_does_not_reach_the_evaluator(isolation, guard):
     source = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n" + ADD
