@@ -14,9 +14,9 @@ A candidate program is untrusted: a model can write an infinite loop, a fork, a 
   evaluator then kills the launcher's process group as a backstop (no orphans, no zombies);
 - a minimal environment, stdin from /dev/null, no inherited file descriptors, output read
   through a pipe and capped (printing megabytes costs nothing but the time);
-- "bwrap" (bubblewrap installed): a read-only view of the filesystem, a private /tmp and /run, a
-  minimal /dev, no capabilities (even when root starts it), no network, its own PID namespace
-  (nothing outside is visible or killable) and --die-with-parent;
+- "bwrap" (bubblewrap installed): a read-only view of the filesystem and /proc, a private /tmp
+  and /run, a minimal /dev, no capabilities (even when root starts it), no network, its own PID
+  namespace (nothing outside is visible or killable) and --die-with-parent;
 - "unshare" (no bubblewrap, but user namespaces allowed: util-linux's `unshare` and Linux 5.12+):
   the same namespaces, and NAMESPACE_INIT (minilm/sandbox_programs.py) makes the mounts: every
   mount read-only, fresh tmpfs on /tmp, /dev/shm and /run, a /dev with null, zero, full, random,
@@ -93,6 +93,7 @@ WHAT_RUNS = {  # what the warning says about a level weaker than bwrap
 def _bwrap_command(workdir: str, argv: list[str]) -> list[str]:
     private_run = ["--tmpfs", "/run"] if os.path.isdir("/run") else []  # host daemons' sockets
     return [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--remount-ro", "/proc",  # bwrap 0.8 leaves /proc/sys writable, by root: core_pattern
             "--tmpfs", "/tmp", *private_run, "--bind", workdir, workdir, "--unshare-all",
             "--cap-drop", "ALL",  # run by root, bwrap would keep its capabilities: remount rw
             "--die-with-parent", "--chdir", workdir, *argv]

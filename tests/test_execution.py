@@ -211,16 +211,19 @@ def test_writing_or_deleting_outside_the_sandbox_is_refused(isolation, tmp_path)
             assert "Read-only file system" in results[0].detail
 
 
-def test_the_read_only_filesystem_cannot_be_made_writable(isolation):
+def test_the_filesystem_and_the_kernel_settings_stay_read_only(isolation):
     if isolation not in NAMESPACED:
         pytest.skip(f"{isolation!r} has no read-only filesystem to undo (docs/sandbox.md)")
     outside = os.path.join(os.getcwd(), f"escaped-{uuid.uuid4().hex}.txt")
     shell = f"echo tried; mount -o remount,bind,rw /; mount -o remount,rw /; echo x > {outside}"
-    source = f"import os\nos.system({shell!r})\nopen({outside!r}, 'w').write('x')\n" + ADD
+    source = (f"import os\nos.system({shell!r})\n"
+              "try:\n    open('/proc/sys/kernel/core_pattern', 'r+').close()\n"  # opened, not written
+              "    print('kernel settings are writable')\nexcept OSError:\n    pass\n"
+              f"open({outside!r}, 'w').write('x')\n" + ADD)
     try:
         result = run_program(source, ADD_TESTS, timeout=5, isolation=isolation, guard=False)
-        assert "tried" in result.output and result.status == "crashed"
-        assert not os.path.exists(outside)
+        assert "tried" in result.output and "kernel settings are writable" not in result.output
+        assert result.status == "crashed" and not os.path.exists(outside)
     finally:
         if os.path.exists(outside):
             os.remove(outside)
