@@ -1,10 +1,11 @@
 """Run generated code against its tests, without letting it hurt the machine that evaluates it.
 
 A candidate program is untrusted: a model can write an infinite loop, a fork, a 30 GB list or an
-`os.remove`. Each candidate runs like this:
+`os.remove`. Each candidate runs like this, at the strongest isolation level the machine offers:
 
-    evaluator --Popen--> launcher --fork/exec--> bwrap (namespaces) --> python -I harness.py
-                         (rlimits, subreaper)  \\-> python -I harness.py          (no bwrap: "limits")
+    evaluator --Popen--> launcher --exec--> bwrap (namespaces) ------------> python -I harness.py
+                         (rlimits,   \----> unshare (namespaces) -> init --> python -I harness.py
+                          subreaper)  \---> python -I harness.py               ("limits": neither)
 
 - a fresh temporary directory, removed afterwards, is the only place it may write;
 - resource limits (setrlimit): CPU seconds, address space, file size, open files, processes;
@@ -13,13 +14,21 @@ A candidate program is untrusted: a model can write an infinite loop, a fork, a 
   evaluator then kills the launcher's process group as a backstop (no orphans, no zombies);
 - a minimal environment, stdin from /dev/null, no inherited file descriptors, output read
   through a pipe and capped (printing megabytes costs nothing but the time);
-- with bubblewrap: a read-only view of the filesystem, a private /tmp, no network, its own PID
+- "bwrap" (bubblewrap installed): a read-only view of the filesystem and /proc, a private /tmp
+  and /run, a minimal /dev, no capabilities (even when root starts it), no network, its own PID
   namespace (nothing outside is visible or killable) and --die-with-parent;
-- without bubblewrap ("limits"): the rlimits, the launcher, and a loud warning;
-- in both, an audit hook (PEP 578) in the harness refuses writes outside the directory, signals
+- "unshare" (no bubblewrap, but user namespaces allowed: util-linux's `unshare` and Linux 5.12+):
+  the same namespaces, and NAMESPACE_INIT (minilm/sandbox_programs.py) makes the mounts: every
+  mount read-only, fresh tmpfs on /tmp, /dev/shm and /run, a /dev with null, zero, full, random,
+  urandom only, the directory writable; then it gives up every capability (a nested user
+  namespace that locks those mounts), starts the harness and waits as the PID namespace's init;
+- "limits" (neither works): the rlimits, the launcher, and a loud warning;
+- in all, an audit hook (PEP 578) in the harness refuses writes outside the directory, signals
   to other processes, fork/exec/subprocess, sockets and ctypes: a guard against accidents, not a
-  security boundary. docs/sandbox.md says what each layer does and does not protect against.
+  security boundary (a C entry point that raises no audit event gets past it). docs/sandbox.md
+  says what each level and layer does and does not protect against.
 
+Any level but "bwrap" warns once, naming the level that runs and how to get the strongest one.
 The harness reports a verdict through a file in the directory; a program that dies, exits or
 closes its output before the tests finish has no verdict and is reported "crashed".
 """
@@ -39,12 +48,12 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
-from minilm.sandbox_programs import HARNESS, LAUNCHER
+from minilm.sandbox_programs import HARNESS, LAUNCHER, NAMESPACE_INIT
 
 STATUSES = ("passed", "failed", "timeout", "crashed", "syntax_error")
-ISOLATIONS = ("bwrap", "limits")
+ISOLATIONS = ("bwrap", "unshare", "limits")  # strongest first
 OUTPUT_LIMIT = 8192  # bytes of the program's stdout/stderr kept in the result
 
 
@@ -63,7 +72,7 @@ class ExecutionResult:
     detail: str = ""  # the failing assertion, the exception, the signal, the limit hit
     output: str = ""  # the start of what the program printed (OUTPUT_LIMIT bytes at most)
     duration: float = 0.0  # wall-clock seconds, start of the process to its end
-    isolation: str = ""  # "bwrap" or "limits"
+    isolation: str = ""  # one of ISOLATIONS
 
     @property
     def passed(self) -> bool:
@@ -71,47 +80,100 @@ class ExecutionResult:
 
 
 # ---------------------------------------------------------------- choosing the isolation
-@lru_cache(maxsize=None)
-def _bwrap_problem() -> Optional[str]:
-    """None when bubblewrap can start a sandbox here, else why it cannot (probed once)."""
-    path = shutil.which("bwrap")
-    if path is None:
-        return "bwrap is not installed (apt-get install bubblewrap)"
-    probe = [path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
-             "--die-with-parent", sys.executable, "-I", "-S", "-c", "pass"]
+UNSHARE = ["--user", "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts", "--cgroup",
+           "--fork", "--mount-proc", "--kill-child"]
+WHAT_RUNS = {  # what the warning says about a level weaker than bwrap
+    "unshare": "the namespaces of util-linux's unshare set up by minilm (no network, no other "
+               "process visible, read-only filesystem; Linux 5.12+)",
+    "limits": "process limits and an audit hook only: it can read the filesystem, and a program "
+              "that gets past the hook can use the network and signal other processes"}
+
+
+# Each level's command runs argv in workdir; _probe tries it once, on `python -c pass`.
+def _bwrap_command(workdir: str, argv: list[str]) -> list[str]:
+    private_run = ["--tmpfs", "/run"] if os.path.isdir("/run") else []  # host daemons' sockets
+    return [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--remount-ro", "/proc",  # bwrap 0.8 leaves /proc/sys writable, by root: core_pattern
+            "--tmpfs", "/tmp", *private_run, "--bind", workdir, workdir, "--unshare-all",
+            "--cap-drop", "ALL",  # run by root, bwrap would keep its capabilities: remount rw
+            "--die-with-parent", "--chdir", workdir, *argv]
+
+
+def _unshare_command(workdir: str, argv: list[str]) -> list[str]:
+    """unshare makes the namespaces; NAMESPACE_INIT mounts, drops privileges and runs argv."""
+    config = json.dumps({"workdir": workdir, "argv": argv})
+    return [shutil.which("unshare"), *UNSHARE, "--", sys.executable, "-I", "-S", "-B", "-c",
+            NAMESPACE_INIT, config]
+
+
+def _probe(command_in: Callable[[str, list[str]], list[str]]) -> Optional[str]:
+    """Start a sandbox that runs `python -c pass` in a fresh folder: None when it exits 0, else
+    the last line of its stderr, or why it could not start."""
+    workdir = tempfile.mkdtemp(prefix="minilm-probe-")
     try:
-        done = subprocess.run(probe, stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+        done = subprocess.run(command_in(workdir, [sys.executable, "-I", "-S", "-c", "pass"]),
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as error:
-        return f"bwrap failed to start: {error}"
+        return str(error)
+    finally:
+        os.rmdir(workdir)
     if done.returncode != 0:
-        return f"bwrap failed to start: {done.stderr.decode(errors='replace').strip()[:200]}"
+        lines = done.stderr.decode(errors="replace").strip().splitlines() or [f"exit {done.returncode}"]
+        return lines[-1][:200]
     return None
 
 
+@lru_cache(maxsize=None)
+def _bwrap_problem() -> Optional[str]:
+    """None when bubblewrap can start a sandbox here, else why it cannot (probed once)."""
+    if shutil.which("bwrap") is None:
+        return "bwrap is not installed"
+    problem = _probe(_bwrap_command)
+    return problem and f"bwrap failed to start: {problem}"
+
+
+@lru_cache(maxsize=None)
+def _unshare_problem() -> Optional[str]:
+    """None when unshare's namespaces and our mounts work here (user namespaces may be off)."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    problem = _probe(_unshare_command)
+    return problem and f"unshare failed to start: {problem}"
+
+
+def isolation_problem(isolation: str) -> Optional[str]:
+    """None when this machine can run `isolation`, else why it cannot."""
+    problems = {"bwrap": _bwrap_problem, "unshare": _unshare_problem, "limits": lambda: None}
+    return problems[isolation]()
+
+
 def available_isolations() -> list[str]:
-    """The isolation modes this machine supports, strongest first."""
-    return ["limits"] if _bwrap_problem() else ["bwrap", "limits"]
+    """The isolation levels this machine supports, strongest first ("limits" always works)."""
+    return [isolation for isolation in ISOLATIONS if isolation_problem(isolation) is None]
 
 
 _warned = False
 
 
 def resolve_isolation(isolation: str = "auto") -> str:
-    """"auto" picks bwrap when it works and otherwise warns (once) and uses process limits alone."""
+    """"auto" picks the strongest level that works, and warns (once) when that is not bwrap."""
     global _warned
     if isolation not in ("auto",) + ISOLATIONS:
-        raise ValueError(f"unknown isolation {isolation!r}; use 'auto', 'bwrap' or 'limits'")
-    problem = _bwrap_problem() if isolation != "limits" else None
-    if isolation == "bwrap" and problem:
-        raise RuntimeError(f"isolation='bwrap' requested but {problem}")
-    if isolation == "auto" and problem:
-        if not _warned:
-            warnings.warn(f"SANDBOX WEAKENED: {problem}; generated code runs with process limits "
-                          "only, and can read the filesystem and use the network (docs/sandbox.md)",
-                          RuntimeWarning, stacklevel=3)
-            _warned = True
-        return "limits"
-    return "bwrap" if isolation == "auto" else isolation
+        raise ValueError(f"unknown isolation {isolation!r}; use 'auto', " +
+                         ", ".join(repr(name) for name in ISOLATIONS))
+    if isolation != "auto":
+        problem = isolation_problem(isolation)
+        if problem:
+            raise RuntimeError(f"isolation={isolation!r} requested but {problem}")
+        return isolation
+    chosen = available_isolations()[0]
+    if chosen != "bwrap" and not _warned:
+        problems = "; ".join(isolation_problem(name) for name in ISOLATIONS[:ISOLATIONS.index(chosen)])
+        warnings.warn(f"SANDBOX WEAKENED: {problems}. Generated code runs with isolation "
+                      f"{chosen!r}: {WHAT_RUNS[chosen]}. For the strongest level: apt-get install "
+                      "bubblewrap (docs/sandbox.md)", RuntimeWarning, stacklevel=3)
+        _warned = True
+    return chosen
 
 
 # ---------------------------------------------------------------- the programs that run
@@ -142,12 +204,8 @@ def _rlimits(limits: Limits, timeout: float) -> dict[str, int]:
 
 def _command(workdir: str, isolation: str, limits: Limits, timeout: float) -> list[str]:
     harness = [sys.executable, "-I", "-B", "harness.py"]
-    if isolation == "bwrap":
-        inner = [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                 "--tmpfs", "/tmp", "--bind", workdir, workdir, "--unshare-all",
-                 "--die-with-parent", "--chdir", workdir, *harness]
-    else:
-        inner = harness
+    commands = {"bwrap": _bwrap_command, "unshare": _unshare_command, "limits": lambda _, argv: argv}
+    inner = commands[isolation](workdir, harness)
     config = {"rlimits": _rlimits(limits, timeout), "argv": inner}
     return [sys.executable, "-I", "-S", "-B", "-c", LAUNCHER, json.dumps(config)]
 

@@ -1,12 +1,21 @@
 """The executor: right verdicts for honest programs, and hostile programs that cannot hurt us.
 
-Every hostile test runs under each isolation mode this machine has ("bwrap" when bubblewrap works,
-always "limits"), and checks three things: the evaluator survives, the status is the right one,
-and nothing is left running or written behind. Process-level tests pass guard=False where they
-must show that the OS-level layer holds without the in-process audit hook.
+Every hostile test runs under each isolation level (a level this machine lacks is skipped, with
+the reason), and checks three things: the evaluator survives, the status is the right one, and
+nothing is left running or written behind. What a level guarantees decides what is checked:
+
+- "bwrap" and "unshare" (NAMESPACED) guarantee, by the kernel, whatever route the program takes
+  (a spawned shell, a C entry point that raises no audit event): no network connection, no view
+  of or signal to a process outside, nothing written outside its folder and a private /tmp.
+  Those tests pass guard=False or take a route around the audit hook, so the kernel alone holds.
+- "limits" guarantees none of that: its audit hook refuses the direct calls (checked), and pure
+  Python gets past the hook (checked too, so that the docs' warning stays true).
 """
 import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -17,13 +26,16 @@ import pytest
 from minilm import execution
 from minilm.execution import Limits, available_isolations, run_program, run_programs
 
-ISOLATIONS = available_isolations()
+NAMESPACED = {"bwrap", "unshare"}  # the levels whose guarantees the kernel enforces
 ADD = "def add(a, b):\n    return a + b\n"
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
 
 
-@pytest.fixture(params=ISOLATIONS)
+@pytest.fixture(params=execution.ISOLATIONS)
 def isolation(request):
+    problem = execution.isolation_problem(request.param)
+    if problem:
+        pytest.skip(f"isolation {request.param!r} is not available here: {problem}")
     return request.param
 
 
@@ -53,6 +65,22 @@ def processes_in(marker: str) -> list[int]:
 def enter_marker_dir(marker: str) -> str:
     """Candidate code that moves into a uniquely named directory, so its processes can be found."""
     return f"import os, time\nos.mkdir({marker!r})\nos.chdir({marker!r})\n"
+
+
+def run_unaudited(code: str) -> str:
+    """Candidate code that runs `python -c code` through _posixsubprocess.fork_exec, a C entry
+    point that raises no audit event (the hook never sees it), and waits for it."""
+    return f"""import _posixsubprocess, os, sys
+argv = [sys.executable.encode(), b"-c", {code.encode()!r}]
+errpipe = os.pipe()
+args = [argv, argv[:1], True, (), None, None, -1, -1, -1, -1, -1, -1, *errpipe, True, False, -1,
+        None, None, None, -1, None, False]  # the call subprocess makes (3.11-3.13)
+try:
+    pid = _posixsubprocess.fork_exec(*args)
+except TypeError:  # a Python without the allow_vfork argument
+    pid = _posixsubprocess.fork_exec(*args[:-1])
+os.waitpid(pid, 0)
+"""
 
 
 # ---------------------------------------------------------------- honest programs
@@ -90,7 +118,8 @@ def test_statuses_of_broken_programs(isolation):
     assert results[5].output.strip() == "hello"
 
 
-def test_run_programs_is_ordered_and_matches_one_at_a_time(isolation):
+def test_run_programs_is_ordered_and_matches_one_at_a_time():
+    isolation = available_isolations()[0]  # ordering does not depend on the level: the strongest
     jobs = [(ADD if i % 3 else "def add(a, b):\n    return 0\n", ADD_TESTS) for i in range(6)]
     parallel = run_programs(jobs, timeout=5, isolation=isolation, workers=3)
     sequential = [run_program(source, tests, timeout=5, isolation=isolation) for source, tests in jobs]
@@ -168,7 +197,7 @@ def test_writing_or_deleting_outside_the_sandbox_is_refused(isolation, tmp_path)
     writer = f"open({outside!r}, 'w').write('x')\n" + ADD
     deleter = f"import os\nos.remove({str(victim)!r})\n" + ADD
     jobs = [(writer, ADD_TESTS), (deleter, ADD_TESTS)]
-    guards = [True, False] if isolation == "bwrap" else [True]  # as root, limits alone cannot
+    guards = [True, False] if isolation in NAMESPACED else [True]  # as root, limits alone cannot
     for guard in guards:
         results = run_programs(jobs, timeout=5, isolation=isolation, guard=guard)
         assert not os.path.exists(outside)
@@ -178,8 +207,26 @@ def test_writing_or_deleting_outside_the_sandbox_is_refused(isolation, tmp_path)
             assert all("sandbox:" in r.detail for r in results)
         elif outside.startswith("/tmp/"):  # a checkout under /tmp: the private tmpfs hides it
             assert "No such file or directory" in results[0].detail
-        else:  # bwrap: the repository is read-only; /tmp is a private tmpfs thrown away after
+        else:  # the repository is read-only; /tmp is a private tmpfs thrown away after
             assert "Read-only file system" in results[0].detail
+
+
+def test_the_filesystem_and_the_kernel_settings_stay_read_only(isolation):
+    if isolation not in NAMESPACED:
+        pytest.skip(f"{isolation!r} has no read-only filesystem to undo (docs/sandbox.md)")
+    outside = os.path.join(os.getcwd(), f"escaped-{uuid.uuid4().hex}.txt")
+    shell = f"echo tried; mount -o remount,bind,rw /; mount -o remount,rw /; echo x > {outside}"
+    source = (f"import os\nos.system({shell!r})\n"
+              "try:\n    open('/proc/sys/kernel/core_pattern', 'r+').close()\n"  # opened, not written
+              "    print('kernel settings are writable')\nexcept OSError:\n    pass\n"
+              f"open({outside!r}, 'w').write('x')\n" + ADD)
+    try:
+        result = run_program(source, ADD_TESTS, timeout=5, isolation=isolation, guard=False)
+        assert "tried" in result.output and "kernel settings are writable" not in result.output
+        assert result.status == "crashed" and not os.path.exists(outside)
+    finally:
+        if os.path.exists(outside):
+            os.remove(outside)
 
 
 @pytest.mark.parametrize("guard", [True, False])
@@ -189,7 +236,7 @@ def test_killing_the_parent_does_not_reach_the_evaluator(isolation, guard):
     # we are still here; what the program hit depends on the layer that stopped it
     if guard:
         assert result.status == "crashed" and "sandbox: os.kill" in result.detail
-    elif isolation == "bwrap":  # its parent is the namespace's init, which ignores SIGKILL
+    elif isolation in NAMESPACED:  # its parent is the namespace's init, which ignores SIGKILL
         assert result.status == "passed"
     else:  # it killed the launcher; the harness is killed with the group unless it finished first
         assert result.status == "passed" or "SIGKILL" in result.detail
@@ -217,16 +264,64 @@ def test_printing_megabytes_is_capped(isolation):
     assert f"{20_000_000 - execution.OUTPUT_LIMIT} more bytes" in result.output
 
 
-def test_network_is_unreachable(isolation):
+def test_no_network_connection_by_any_route(isolation):
     with socket.socket() as server:  # a listener the candidate could reach on the host
         server.bind(("127.0.0.1", 0))
         server.listen()
-        port = server.getsockname()[1]
-        source = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n" + ADD
-        guards = [True, False] if isolation == "bwrap" else [True]
-        for guard in guards:
-            result = run_program(source, ADD_TESTS, timeout=5, isolation=isolation, guard=guard)
-            assert result.status == "crashed", (guard, result)
+        connect = ("import socket; print('spawned', flush=True); "
+                   f"socket.create_connection(('127.0.0.1', {server.getsockname()[1]}), timeout=2)")
+        routes = [connect.replace("; print('spawned', flush=True)", "") + "\n",  # in the program
+                  "import os, shlex, sys\n"  # a shell
+                  f"os.system(sys.executable + ' -c ' + shlex.quote({connect!r}))\n",
+                  run_unaudited(connect)]  # a process the audit hook never hears of
+        guard = isolation not in NAMESPACED  # the kernel alone must hold; limits rely on the hook
+        results = run_programs([(route + ADD, ADD_TESTS) for route in routes], timeout=5,
+                               isolation=isolation, guard=guard, workers=3)
+        server.setblocking(False)
+        connections = []
+        try:
+            while True:
+                connections.append(server.accept()[0])
+        except BlockingIOError:
+            pass
+        for connection in connections:
+            connection.close()
+    assert results[0].status == "crashed" and "spawned" in results[2].output  # every route ran
+    if isolation in NAMESPACED:
+        assert connections == []
+        assert "spawned" in results[1].output
+    else:  # the hook refuses the program's own connect and os.system; fork_exec gets past it
+        assert [r.status for r in results[:2]] == ["crashed", "crashed"]
+        assert all("sandbox:" in r.detail for r in results[:2])
+        assert len(connections) == 1
+
+
+def test_processes_outside_cannot_be_seen_or_signalled(isolation):
+    marker = f"bystander-{uuid.uuid4().hex}"  # a process of ours that stands for the evaluator
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    try:
+        sees = ("import os\npids, seen = list(filter(str.isdigit, os.listdir('/proc'))), []\n"
+                "for pid in pids:\n    try:\n        with open(f'/proc/{pid}/cmdline', 'rb') as f:\n"
+                f"            seen += [pid] if {marker.encode()!r} in f.read() else []\n"
+                "    except OSError:\n        pass\n"
+                "print('visible:', len(seen), 'processes:', len(pids))\n")
+        kill = f"import os; os.kill({bystander.pid}, 9)"
+        guard = isolation not in NAMESPACED
+        direct = run_program(sees + kill + "\n" + ADD, ADD_TESTS, timeout=5, isolation=isolation,
+                             guard=guard)
+        assert bystander.poll() is None, "the program killed a process outside the sandbox"
+        unaudited = run_program(run_unaudited(kill) + ADD, ADD_TESTS, timeout=5,
+                                isolation=isolation, guard=True)
+        if isolation in NAMESPACED:  # its own PID namespace: /proc lists its init and itself
+            assert "visible: 0 processes: 2" in direct.output
+            assert "ProcessLookupError" in direct.detail and "ProcessLookupError" in unaudited.output
+            assert bystander.poll() is None
+        else:  # /proc shows every process; the hook refuses os.kill, fork_exec gets past it
+            assert "visible: 1" in direct.output and "sandbox: os.kill" in direct.detail
+            assert unaudited.passed and bystander.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 # ---------------------------------------------------------------- input checks and fallback
@@ -241,16 +336,25 @@ def test_bad_input_gets_a_clear_error():
         run_program(b"x = 1", [])
 
 
-def test_missing_bwrap_falls_back_loudly_once(monkeypatch):
+def test_each_missing_level_falls_back_to_the_next_loudly_once(monkeypatch):
     monkeypatch.setattr(execution, "_bwrap_problem", lambda: "bwrap is not installed")
+    monkeypatch.setattr(execution, "_unshare_problem", lambda: None)
     monkeypatch.setattr(execution, "_warned", False)
-    assert execution.available_isolations() == ["limits"]
-    with pytest.warns(RuntimeWarning, match="SANDBOX WEAKENED"):
-        assert execution.resolve_isolation("auto") == "limits"
+    assert execution.available_isolations() == ["unshare", "limits"]
+    with pytest.warns(RuntimeWarning, match="bwrap is not installed. .*isolation 'unshare'.*"
+                                            "apt-get install bubblewrap"):
+        assert execution.resolve_isolation("auto") == "unshare"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert execution.resolve_isolation("auto") == "limits"  # said once is enough
-    with pytest.raises(RuntimeError, match="bwrap is not installed"):
+        assert execution.resolve_isolation("auto") == "unshare"  # said once is enough
+    with pytest.raises(RuntimeError, match="isolation='bwrap' requested but bwrap is not installed"):
         execution.resolve_isolation("bwrap")
-    result = run_program(ADD, ADD_TESTS, timeout=5)
+
+    monkeypatch.setattr(execution, "_unshare_problem", lambda: "unshare failed: no user namespaces")
+    monkeypatch.setattr(execution, "_warned", False)
+    assert execution.available_isolations() == ["limits"]
+    with pytest.warns(RuntimeWarning, match="no user namespaces. .*isolation 'limits'"):
+        result = run_program(ADD, ADD_TESTS, timeout=5)
     assert result.passed and result.isolation == "limits"
+    with pytest.raises(RuntimeError, match="no user namespaces"):
+        execution.resolve_isolation("unshare")
