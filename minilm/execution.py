@@ -4,8 +4,8 @@ A candidate program is untrusted: a model can write an infinite loop, a fork, a 
 `os.remove`. Each candidate runs like this, at the strongest isolation level the machine offers:
 
     evaluator --Popen--> launcher --exec--> bwrap (namespaces) ------------> python -I harness.py
-                         (rlimits,   \----> unshare (namespaces) -> init --> python -I harness.py
-                          subreaper)  \---> python -I harness.py               ("limits": neither)
+                         (rlimits,   \\----> unshare (namespaces) -> init --> python -I harness.py
+                          subreaper)  \\---> python -I harness.py               ("limits": neither)
 
 - a fresh temporary directory, removed afterwards, is the only place it may write;
 - resource limits (setrlimit): CPU seconds, address space, file size, open files, processes;
