@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from minilm.config import ModelConfig
+from minilm.model import GPT
 
 LLAMA_CHOICES = dict(norm="rmsnorm", mlp="swiglu", position="rope")  # what the format can hold
 
@@ -143,20 +144,18 @@ def _read_weights(directory: Path) -> dict:
                             "Hugging Face Llama directory with safetensors weights")
 
 
-def load_hf_llama(directory, cls=None):
+def load_hf_llama(directory) -> GPT:
     """Our GPT (fp32) from a local Hugging Face Llama directory: config.json + safetensors."""
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"{directory}: no config.json; give a local Hugging Face Llama directory")
     config = llama_config_from_hf(json.loads((directory / "config.json").read_text()))
-    if cls is None:
-        from minilm.model import GPT as cls
-    model = cls(config)
+    model = GPT(config)
     model.load_state_dict(state_dict_from_hf_llama(_read_weights(directory), config))
     return model.eval()
 
 
-def save_hf_llama(model, directory) -> Path:
+def save_hf_llama(model: GPT, directory) -> Path:
     """Write config.json + model.safetensors that transformers' LlamaForCausalLM loads; returns the directory."""
     from safetensors.torch import save_file
     directory = Path(directory)
