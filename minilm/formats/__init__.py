@@ -1,1 +1,1 @@
-"""Checkpoint formats: our weights in other projects' layouts (GGUF, Hugging Face Llama)."""
+"""Our weights in someone else's layout."""

@@ -54,11 +54,15 @@ def default_gguf_path() -> Path:
     return path
 
 
-def _reader(path):
+def open_gguf(source):
+    """A gguf.GGUFReader for a path, or the reader given. Opening maps the file and parses all its
+    metadata (a few seconds for SmolLM2's 49152 tokens): open once, pass the reader on."""
     import gguf
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such GGUF file")
-    return gguf.GGUFReader(path)
+    if isinstance(source, gguf.GGUFReader):
+        return source
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"{source}: no such GGUF file")
+    return gguf.GGUFReader(source)
 
 
 def gguf_field(reader, key: str, default: Any = KeyError) -> Any:
@@ -66,7 +70,7 @@ def gguf_field(reader, key: str, default: Any = KeyError) -> Any:
     field = reader.fields.get(key)
     if field is None:
         if default is KeyError:
-            raise KeyError(f"GGUF metadata has no {key!r}")
+            raise ValueError(f"{reader.data.filename}: the GGUF metadata has no {key}")
         return default
     return field.contents()
 
@@ -116,14 +120,14 @@ def _config_from_reader(reader) -> ModelConfig:
     )
 
 
-def read_gguf_config(path) -> ModelConfig:
-    """The ModelConfig of a llama GGUF file, from its metadata (no tensor is dequantised)."""
-    return _config_from_reader(_reader(path))
+def read_gguf_config(source) -> ModelConfig:
+    """The ModelConfig of a llama GGUF file (a path or an open reader), from its metadata."""
+    return _config_from_reader(open_gguf(source))
 
 
-def read_tokenizer_metadata(path) -> dict[str, Any]:
+def read_tokenizer_metadata(source) -> dict[str, Any]:
     """Every `tokenizer.*` key of a GGUF file with its raw value, for save_gguf to pass through."""
-    reader = _reader(path)
+    reader = open_gguf(source)
     return {key: gguf_field(reader, key) for key in reader.fields if key.startswith("tokenizer.")}
 
 
@@ -229,10 +233,11 @@ def _dequantised(reader, config: ModelConfig) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_gguf(path, dtype: torch.dtype = torch.float32):
-    """A GPT (eval mode) with the weights of a llama GGUF file, dequantised to fp32, then cast to dtype."""
+def load_gguf(source, dtype: torch.dtype = torch.float32):
+    """A GPT (eval mode) with the weights of a llama GGUF file (a path or an open reader),
+    dequantised to fp32, then cast to dtype."""
     from minilm.model import GPT
-    reader = _reader(path)
+    reader = open_gguf(source)
     config = _config_from_reader(reader)
     state = state_dict_from_gguf(_dequantised(reader, config), config)
     with torch.device("meta"):  # shapes only: no memory, no random initialisation to overwrite
