@@ -181,13 +181,14 @@ def state_dict_from_gguf(tensors: dict[str, torch.Tensor], config: ModelConfig) 
             ours + "attn.c_attn.weight": torch.cat([q, k, tensors[blk + "attn_v.weight"]]),
             ours + "attn.c_proj.weight": tensors[blk + "attn_output.weight"],
             ours + "ln_2.weight": tensors[blk + "ffn_norm.weight"],
-            ours + "mlp.c_fc.weight": torch.cat([tensors[blk + "ffn_gate.weight"], tensors[blk + "ffn_up.weight"]]),
+            ours + "mlp.c_fc.weight": torch.cat([tensors[blk + "ffn_gate.weight"],
+                                                  tensors[blk + "ffn_up.weight"]]),
             ours + "mlp.c_proj.weight": tensors[blk + "ffn_down.weight"],
         })
     return state
 
 
-def gguf_tensors_from_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+def gguf_tensors_from_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict:
     """The inverse of state_dict_from_gguf: our state dict -> llama.cpp's names and layout."""
     hs, n_kv = config.head_dim, config.kv_heads
     tensors = {"token_embd.weight": state["transformer.wte.weight"],
@@ -219,14 +220,16 @@ def _dequantised(reader, config: ModelConfig) -> dict[str, torch.Tensor]:
     found = {t.name: t for t in reader.tensors}
     unknown, missing = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
     if unknown or missing:
-        raise ValueError(f"GGUF tensors do not match a llama model: unexpected {unknown[:5]}, missing {missing[:5]}")
+        raise ValueError(f"GGUF tensors do not match a llama model: unexpected {unknown[:5]}, "
+                         f"missing {missing[:5]}")
     tensors = {}
     for name, t in found.items():
         if t.tensor_type.name not in READ_TYPES:
             raise ValueError(f"GGUF tensor {name} is {t.tensor_type.name}, which minilm does not read; "
                              f"supported: {', '.join(READ_TYPES)}")
         if _numpy_shape(t) != expected[name]:
-            raise ValueError(f"GGUF tensor {name} has shape {_numpy_shape(t)}, the metadata implies {expected[name]}")
+            raise ValueError(f"GGUF tensor {name} has shape {_numpy_shape(t)}, the metadata implies "
+                             f"{expected[name]}")
         array = dequantize(t.data, t.tensor_type).reshape(expected[name])
         # F32 comes back as a view of the read-only file mapping; torch wants memory of its own
         tensors[name] = torch.from_numpy(array if array.flags.writeable else array.copy())
@@ -260,7 +263,8 @@ def _check_exportable(model) -> ModelConfig:
         raise ValueError(f"GGUF's llama layout needs {llama}; this model has {differ}")
     if any(name.endswith(("lora_A.weight", "lora_B.weight")) or ".base_layer." in name
            for name in model.state_dict()):
-        raise ValueError("the model still has LoRA adapters; merge them first with minilm.lora.merge_and_unload(model)")
+        raise ValueError("the model still has LoRA adapters; merge them first with "
+                         "minilm.lora.merge_and_unload(model)")
     return config
 
 
@@ -317,7 +321,8 @@ def save_gguf(model, path, tokenizer_metadata: Optional[dict] = None, qtype: str
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_layer_norm_rms_eps(config.norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == "F32" else gguf.LlamaFileType["MOSTLY_" + qtype])
+    file_type = gguf.LlamaFileType.ALL_F32 if qtype == "F32" else gguf.LlamaFileType["MOSTLY_" + qtype]
+    writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for key, value in (tokenizer_metadata or {}).items():
         writer.add_key_value(key, value, *_metadata_value_type(value))
