@@ -26,8 +26,7 @@ import torch
 import torch.nn as nn
 
 from minilm.config import ModelConfig
-from minilm.layers import (KVCache, CausalSelfAttention, apply_rotary, causal_mask, make_mlp,  # noqa: F401
-                           make_norm, reference_attention, rotary_cos_sin)
+from minilm.layers import KVCache, CausalSelfAttention, make_mlp, make_norm, rotary_cos_sin
 
 
 class Block(nn.Module):
@@ -58,6 +57,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:  # one matrix reads tokens in and writes them out, as GPT-2 and SmolLM2
             self.lm_head.weight = self.transformer.wte.weight
+        # GPT-2's initialisation for every family (a pretrained Llama overwrites it when it loads)
         self.apply(self._init_weights)
         # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 n_layer),
         # so the stream's variance does not grow with depth (two such writes per block).

@@ -14,7 +14,8 @@ import minilm.layers
 import minilm.model
 from minilm.config import MLPS, NORMS, PRESETS, ConfigError, ModelConfig
 from minilm.gpt2_interop import save_hf_gpt2
-from minilm.model import GPT, KVCache, apply_rotary, causal_mask, reference_attention, rotary_cos_sin, sample_next
+from minilm.layers import KVCache, apply_rotary, causal_mask, reference_attention, rotary_cos_sin
+from minilm.model import GPT, sample_next
 
 
 # A Llama-shaped decoder at test size: every choice that differs from GPT-2's.
@@ -54,6 +55,21 @@ def test_causality(s, data):
     changed = idx.clone()
     changed[:, t + 1:] = (changed[:, t + 1:] + 1) % 50
     torch.testing.assert_close(model(idx)[:, :t + 1], model(changed)[:, :t + 1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ["reference", "sdpa"])
+def test_llama_family_is_causal_and_sees_the_past(attention):
+    """Changing tokens after t leaves the logits up to t alone and changes those after (so the
+    check has teeth), with grouped-query heads, RMSNorm, SwiGLU and an untied head."""
+    model = make_model(4, attention, **LLAMA)
+    idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(4))
+    logits = model(idx)
+    for t in range(15):
+        changed = idx.clone()
+        changed[:, t + 1:] = (changed[:, t + 1:] + 1) % 97
+        new = model(changed)
+        torch.testing.assert_close(new[:, :t + 1], logits[:, :t + 1], rtol=0, atol=1e-6)
+        assert (new[:, t + 1:] - logits[:, t + 1:]).abs().amax(-1).min() > 1e-4
 
 
 @given(shapes)
