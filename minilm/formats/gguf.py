@@ -7,7 +7,9 @@ and one fp16 scale d per block (w = d q), Q4_1 keeps 32 4-bit ints, a scale and 
 GGUFWriter, gguf.quants), so the bytes are its business; ours are three differences of layout:
 
   - names: llama.cpp names each matrix (blk.N.attn_q, ffn_gate, ...) where we keep GPT-2's module
-    names and fuse two of them: c_attn = [q; k; v] and c_fc = [gate; up], stacked by rows;
+    names and fuse two of them: c_attn = [q; k; v] and c_fc = [gate; up], stacked by rows. Its
+    names are Hugging Face Llama's renamed one to one, so we map through that layout and let
+    minilm/formats/llama_hf.py do the fusing and splitting;
   - rotary pairs: we rotate the pair (x[i], x[i + hs/2]) of each head (Hugging Face's rotate_half),
     llama.cpp the neighbours (x[2i], x[2i+1]). Its converter permutes the rows of Q and K so that
     the same rotation lands on the same numbers; reading undoes that permutation, writing redoes it;
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from minilm.config import ModelConfig
+from minilm.formats.llama_hf import LLAMA_CHOICES, state_dict_from_hf_llama, state_dict_to_hf_llama
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -54,11 +57,15 @@ def default_gguf_path() -> Path:
     return path
 
 
-def _reader(path):
+def open_gguf(source):
+    """A gguf.GGUFReader for a path, or the reader given. Opening maps the file and parses all its
+    metadata (a few seconds for SmolLM2's 49152 tokens): open once, pass the reader on."""
     import gguf
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such GGUF file")
-    return gguf.GGUFReader(path)
+    if isinstance(source, gguf.GGUFReader):
+        return source
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"{source}: no such GGUF file")
+    return gguf.GGUFReader(source)
 
 
 def gguf_field(reader, key: str, default: Any = KeyError) -> Any:
@@ -66,7 +73,7 @@ def gguf_field(reader, key: str, default: Any = KeyError) -> Any:
     field = reader.fields.get(key)
     if field is None:
         if default is KeyError:
-            raise KeyError(f"GGUF metadata has no {key!r}")
+            raise ValueError(f"{reader.data.filename}: the GGUF metadata has no {key}")
         return default
     return field.contents()
 
@@ -116,14 +123,14 @@ def _config_from_reader(reader) -> ModelConfig:
     )
 
 
-def read_gguf_config(path) -> ModelConfig:
-    """The ModelConfig of a llama GGUF file, from its metadata (no tensor is dequantised)."""
-    return _config_from_reader(_reader(path))
+def read_gguf_config(source) -> ModelConfig:
+    """The ModelConfig of a llama GGUF file (a path or an open reader), from its metadata."""
+    return _config_from_reader(open_gguf(source))
 
 
-def read_tokenizer_metadata(path) -> dict[str, Any]:
+def read_tokenizer_metadata(source) -> dict[str, Any]:
     """Every `tokenizer.*` key of a GGUF file with its raw value, for save_gguf to pass through."""
-    reader = _reader(path)
+    reader = open_gguf(source)
     return {key: gguf_field(reader, key) for key in reader.fields if key.startswith("tokenizer.")}
 
 
@@ -144,67 +151,69 @@ def unpermute_rotary_rows(w, n_heads: int):
     return w.reshape(n_heads, rows // n_heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-# ---------------------------------------------------------------- tensor names and fusing
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a llama GGUF for this config, with its numpy shape (out, in)."""
-    C, hs, H, n_kv = config.n_embd, config.head_dim, config.hidden, config.kv_heads
-    shapes = {"token_embd.weight": (config.vocab_size, C), "output_norm.weight": (C,)}
-    if not config.tie_embeddings:
-        shapes["output.weight"] = (config.vocab_size, C)
-    for i in range(config.n_layer):
-        shapes.update({
-            f"blk.{i}.attn_norm.weight": (C,), f"blk.{i}.ffn_norm.weight": (C,),
-            f"blk.{i}.attn_q.weight": (config.n_head * hs, C), f"blk.{i}.attn_k.weight": (n_kv * hs, C),
-            f"blk.{i}.attn_v.weight": (n_kv * hs, C), f"blk.{i}.attn_output.weight": (C, config.n_head * hs),
-            f"blk.{i}.ffn_gate.weight": (H, C), f"blk.{i}.ffn_up.weight": (H, C),
-            f"blk.{i}.ffn_down.weight": (C, H),
-        })
-    return shapes
+# ---------------------------------------------------------------- tensor names
+# llama.cpp's converter renames Hugging Face Llama's tensors one to one (its table: gguf.TENSOR_NAMES),
+# so we go through that layout, where minilm/formats/llama_hf.py fuses and splits q, k, v and gate, up.
+TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+BLOCK_NAMES = {  # model.layers.{i}.<key>  <->  blk.{i}.<value>
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+HF_NAMES = {gguf: hf for hf, gguf in {**TOP_NAMES, **BLOCK_NAMES}.items()}
+
+
+def gguf_name(hf_name: str) -> str:
+    """model.layers.3.self_attn.q_proj.weight -> blk.3.attn_q.weight; model.norm.weight -> output_norm.weight"""
+    stem, suffix = hf_name.rsplit(".", 1)
+    if stem.startswith("model.layers."):
+        block, part = stem[len("model.layers."):].split(".", 1)
+        return f"blk.{block}.{BLOCK_NAMES[part]}.{suffix}"
+    return f"{TOP_NAMES[stem]}.{suffix}"
+
+
+def hf_name(gguf_name: str) -> str:
+    """The inverse of gguf_name: blk.3.attn_q.weight -> model.layers.3.self_attn.q_proj.weight"""
+    stem, suffix = gguf_name.rsplit(".", 1)
+    if stem.startswith("blk."):
+        _, block, part = stem.split(".")
+        return f"model.layers.{block}.{HF_NAMES[part]}.{suffix}"
+    return f"{HF_NAMES[stem]}.{suffix}"
+
+
+def _rotary_heads(name: str, config: ModelConfig) -> int:
+    """The heads whose rows llama.cpp permutes in a GGUF tensor: n_head for Q, n_kv_head for K, else 0."""
+    return {"attn_q": config.n_head, "attn_k": config.kv_heads}.get(name.split(".")[-2], 0)
 
 
 def state_dict_from_gguf(tensors: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """llama.cpp's tensors (names, separate matrices, permuted Q/K) -> our state dict."""
-    n_kv = config.kv_heads
-    state = {"transformer.wte.weight": tensors["token_embd.weight"],
-             "transformer.ln_f.weight": tensors["output_norm.weight"]}
-    state["lm_head.weight"] = tensors.get("output.weight", state["transformer.wte.weight"])
-    for i in range(config.n_layer):
-        blk, ours = f"blk.{i}.", f"transformer.h.{i}."
-        q = unpermute_rotary_rows(tensors[blk + "attn_q.weight"], config.n_head)
-        k = unpermute_rotary_rows(tensors[blk + "attn_k.weight"], n_kv)
-        state.update({
-            ours + "ln_1.weight": tensors[blk + "attn_norm.weight"],
-            ours + "attn.c_attn.weight": torch.cat([q, k, tensors[blk + "attn_v.weight"]]),
-            ours + "attn.c_proj.weight": tensors[blk + "attn_output.weight"],
-            ours + "ln_2.weight": tensors[blk + "ffn_norm.weight"],
-            ours + "mlp.c_fc.weight": torch.cat([tensors[blk + "ffn_gate.weight"], tensors[blk + "ffn_up.weight"]]),
-            ours + "mlp.c_proj.weight": tensors[blk + "ffn_down.weight"],
-        })
-    return state
+    """llama.cpp's tensors (its names, Q/K rows permuted) -> our state dict."""
+    hf = {}
+    for name, t in tensors.items():
+        n_heads = _rotary_heads(name, config)
+        hf[hf_name(name)] = unpermute_rotary_rows(t, n_heads) if n_heads else t
+    return state_dict_from_hf_llama(hf, config)
 
 
-def gguf_tensors_from_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+def gguf_tensors_from_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict:
     """The inverse of state_dict_from_gguf: our state dict -> llama.cpp's names and layout."""
-    hs, n_kv = config.head_dim, config.kv_heads
-    tensors = {"token_embd.weight": state["transformer.wte.weight"],
-               "output_norm.weight": state["transformer.ln_f.weight"]}
-    if not config.tie_embeddings:
-        tensors["output.weight"] = state["lm_head.weight"]
-    for i in range(config.n_layer):
-        blk, ours = f"blk.{i}.", f"transformer.h.{i}."
-        q, k, v = state[ours + "attn.c_attn.weight"].split([config.n_head * hs, n_kv * hs, n_kv * hs])
-        gate, up = state[ours + "mlp.c_fc.weight"].chunk(2)
-        tensors.update({
-            blk + "attn_norm.weight": state[ours + "ln_1.weight"],
-            blk + "attn_q.weight": permute_rotary_rows(q, config.n_head),
-            blk + "attn_k.weight": permute_rotary_rows(k, n_kv),
-            blk + "attn_v.weight": v,
-            blk + "attn_output.weight": state[ours + "attn.c_proj.weight"],
-            blk + "ffn_norm.weight": state[ours + "ln_2.weight"],
-            blk + "ffn_gate.weight": gate, blk + "ffn_up.weight": up,
-            blk + "ffn_down.weight": state[ours + "mlp.c_proj.weight"],
-        })
+    hf = state_dict_to_hf_llama(state, config)
+    if config.tie_embeddings:
+        del hf["lm_head.weight"]  # llama.cpp reuses token_embd when there is no output.weight
+    tensors = {}
+    for name, t in hf.items():
+        name = gguf_name(name)
+        n_heads = _rotary_heads(name, config)
+        tensors[name] = permute_rotary_rows(t, n_heads) if n_heads else t
     return tensors
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a llama GGUF for this config, with its numpy shape (out, in)."""
+    from minilm.model import GPT
+    with torch.device("meta"):  # shapes only
+        state = GPT(config).state_dict()
+    return {name: tuple(t.shape) for name, t in gguf_tensors_from_state_dict(state, config).items()}
 
 
 # ---------------------------------------------------------------- reading
@@ -215,24 +224,27 @@ def _dequantised(reader, config: ModelConfig) -> dict[str, torch.Tensor]:
     found = {t.name: t for t in reader.tensors}
     unknown, missing = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
     if unknown or missing:
-        raise ValueError(f"GGUF tensors do not match a llama model: unexpected {unknown[:5]}, missing {missing[:5]}")
+        raise ValueError(f"GGUF tensors do not match a llama model: unexpected {unknown[:5]}, "
+                         f"missing {missing[:5]}")
     tensors = {}
     for name, t in found.items():
         if t.tensor_type.name not in READ_TYPES:
             raise ValueError(f"GGUF tensor {name} is {t.tensor_type.name}, which minilm does not read; "
                              f"supported: {', '.join(READ_TYPES)}")
         if _numpy_shape(t) != expected[name]:
-            raise ValueError(f"GGUF tensor {name} has shape {_numpy_shape(t)}, the metadata implies {expected[name]}")
+            raise ValueError(f"GGUF tensor {name} has shape {_numpy_shape(t)}, the metadata implies "
+                             f"{expected[name]}")
         array = dequantize(t.data, t.tensor_type).reshape(expected[name])
         # F32 comes back as a view of the read-only file mapping; torch wants memory of its own
         tensors[name] = torch.from_numpy(array if array.flags.writeable else array.copy())
     return tensors
 
 
-def load_gguf(path, dtype: torch.dtype = torch.float32):
-    """A GPT (eval mode) with the weights of a llama GGUF file, dequantised to fp32, then cast to dtype."""
+def load_gguf(source, dtype: torch.dtype = torch.float32):
+    """A GPT (eval mode) with the weights of a llama GGUF file (a path or an open reader),
+    dequantised to fp32, then cast to dtype."""
     from minilm.model import GPT
-    reader = _reader(path)
+    reader = open_gguf(source)
     config = _config_from_reader(reader)
     state = state_dict_from_gguf(_dequantised(reader, config), config)
     with torch.device("meta"):  # shapes only: no memory, no random initialisation to overwrite
@@ -249,13 +261,14 @@ def load_gguf(path, dtype: torch.dtype = torch.float32):
 # ---------------------------------------------------------------- writing
 def _check_exportable(model) -> ModelConfig:
     config = model.config
-    llama = dict(norm="rmsnorm", mlp="swiglu", position="rope", bias=False)
+    llama = dict(LLAMA_CHOICES, bias=False)  # llama.cpp's llama has no biases
     differ = {key: getattr(config, key) for key, value in llama.items() if getattr(config, key) != value}
     if differ:
         raise ValueError(f"GGUF's llama layout needs {llama}; this model has {differ}")
     if any(name.endswith(("lora_A.weight", "lora_B.weight")) or ".base_layer." in name
            for name in model.state_dict()):
-        raise ValueError("the model still has LoRA adapters; merge them first with minilm.lora.merge_and_unload(model)")
+        raise ValueError("the model still has LoRA adapters; merge them first with "
+                         "minilm.lora.merge_and_unload(model)")
     return config
 
 
@@ -312,7 +325,8 @@ def save_gguf(model, path, tokenizer_metadata: Optional[dict] = None, qtype: str
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_layer_norm_rms_eps(config.norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == "F32" else gguf.LlamaFileType["MOSTLY_" + qtype])
+    file_type = gguf.LlamaFileType.ALL_F32 if qtype == "F32" else gguf.LlamaFileType["MOSTLY_" + qtype]
+    writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for key, value in (tokenizer_metadata or {}).items():
         writer.add_key_value(key, value, *_metadata_value_type(value))
