@@ -44,7 +44,7 @@ def smollm2(smollm2_gguf_path):
     """(tokenizer, chat template) of SmolLM2, read from one GGUFReader."""
     pytest.importorskip("gguf")
     from minilm.formats.gguf_tokenizer import chat_template_from_gguf, open_gguf, tokenizer_from_gguf
-    reader, _ = open_gguf(smollm2_gguf_path)
+    reader = open_gguf(smollm2_gguf_path)
     return tokenizer_from_gguf(reader), chat_template_from_gguf(reader)
 
 

@@ -32,7 +32,7 @@ CODE_WITH_NUMBERS = "x = 12345\ny = 0x1F + 1e-5 * 3.0\nfor i in range(10):\n    
 
 @pytest.fixture(scope="session")
 def reader(smollm2_gguf_path):
-    return open_gguf(smollm2_gguf_path)[0]
+    return open_gguf(smollm2_gguf_path)
 
 
 @pytest.fixture(scope="session")
@@ -175,5 +175,5 @@ def test_tokenizers_it_cannot_read_are_refused(small_tok, tmp_path, model, pre, 
     write_gguf(tmp_path / "tok.gguf", small_tok, model, pre)
     with pytest.raises(ValueError, match=message):
         tokenizer_from_gguf(tmp_path / "tok.gguf")
-    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+    with pytest.raises(FileNotFoundError, match="no such GGUF file"):
         tokenizer_from_gguf(tmp_path / "absent.gguf")
