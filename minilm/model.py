@@ -15,7 +15,8 @@ The parts live in minilm/layers.py, one formula each, chosen by ModelConfig fiel
 Module names follow the GPT-2 checkpoint (wte, wpe, h.{i}.attn.c_attn, ln_f, ...), so importing
 Hugging Face GPT-2 weights is a transpose, not a translation table (see minilm/gpt2_interop.py), and
 LoRA targets mean the same layers in every family. The loss is not computed here: forward returns
-logits and minilm/loss.py turns them into the objective.
+logits, or the final hidden states for a loss that runs the head only where it counts, and
+minilm/loss.py turns them into the objective.
 """
 from __future__ import annotations
 
@@ -72,8 +73,13 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        """idx (B, T) token ids -> logits (B, T, vocab_size). With a cache, idx continues its prefix."""
+    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None,
+                return_hidden: bool = False) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, vocab_size). With a cache, idx continues its prefix.
+
+        return_hidden=True stops before the head: the final hidden states (B, T, n_embd), for
+        whoever needs logits at a few positions only (minilm.loss.head_sequence_nll, generation).
+        """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -92,7 +98,8 @@ class GPT(nn.Module):
             x = block(x, cache, layer, rotary)
         if cache is not None:
             cache.length += T
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        hidden = self.transformer.ln_f(x)  # (B, T, C)
+        return hidden if return_hidden else self.lm_head(hidden)  # (B, T, V)
 
     # ---------------------------------------------------------------- size and speed
     def lookup_tables(self) -> list[nn.Parameter]:

@@ -197,6 +197,15 @@ def test_batch_independence(seed, B):
         torch.testing.assert_close(model(idx[b:b + 1])[0], together[b], rtol=0, atol=1e-5)
 
 
+@given(shapes)
+def test_return_hidden_is_the_input_of_the_head(s):
+    model = model_for(s, "sdpa").eval()
+    idx = torch.randint(0, 50, (s["B"], s["T"]), generator=torch.Generator().manual_seed(s["seed"]))
+    hidden = model(idx, return_hidden=True)
+    assert hidden.shape == (s["B"], s["T"], model.config.n_embd)
+    assert torch.equal(model.lm_head(hidden), model(idx))
+
+
 def closed_form_parameters(c: ModelConfig) -> int:
     """Count a config's parameters by hand: the embedding, per block two norms, the fused c_attn
     ([q; k; v]: (n_head + 2 n_kv_head) head_dim rows), c_proj, the MLP, then ln_f and the head."""
