@@ -34,7 +34,7 @@ import torch
 
 from minilm import sft
 from minilm.execution import resolve_isolation, run_programs
-from minilm.loss import sequence_nll
+from minilm.loss import head_sequence_stats
 from minilm.metrics import (CODE_KINDS, compare_reports, pass_at_k, summarize,  # noqa: F401 (re-exported)
                             write_comparison, write_report)
 
@@ -134,10 +134,9 @@ def teacher_forced(model, tok, tasks: Sequence[dict], batch_size: int = 16) -> l
         idx, targets, loss_mask = sft.collate([rendered[i][0] for i in chunk],
                                               [rendered[i][1] for i in chunk], pad_id,
                                               device=_device(model))
-        logits = model(idx)  # (B, T, V)
-        nll_sum, n_tokens = sequence_nll(logits, targets, loss_mask)  # (B,), (B,)
-        # argmax hits on counted positions: the numerator of minilm.loss.token_accuracy, per row
-        correct = ((logits.argmax(dim=-1) == targets) & loss_mask.bool()).sum(dim=1)  # (B,)
+        # summed NLL, counted tokens and argmax hits per row (B,), the head only at the target tokens
+        nll_sum, n_tokens, correct = head_sequence_stats(model(idx, return_hidden=True), model.lm_head,
+                                                         targets, loss_mask)
         for row, i in enumerate(chunk):
             results[i] = {"tf_nll": float(nll_sum[row]), "tf_tokens": int(n_tokens[row]),
                           "tf_correct": int(correct[row])}

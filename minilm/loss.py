@@ -197,6 +197,34 @@ def head_sequence_nll(hidden: torch.Tensor, head, targets: torch.Tensor,
     one more head matmul per row; a single chunk is computed plainly (nothing to save).
     Returns (nll_sum (B,), n_tokens (B,)); equal to sequence_nll up to float rounding (tests/test_loss.py).
     """
+    counted, rows, row_targets, chunk = _counted_rows(hidden, head, targets, loss_mask, logits_per_chunk)
+    recompute = rows.size(0) > chunk and torch.is_grad_enabled()
+    pieces = []
+    for start in range(0, max(rows.size(0), 1), chunk):  # no counted row: one empty chunk keeps the graph
+        args = (head, rows[start:start + chunk], row_targets[start:start + chunk])
+        pieces.append(checkpoint(_rows_nll, *args, use_reentrant=False) if recompute else _rows_nll(*args))
+    return _per_example(counted, torch.cat(pieces)), counted.sum(dim=1)
+
+
+@torch.no_grad()
+def head_sequence_stats(hidden: torch.Tensor, head, targets: torch.Tensor,
+                        loss_mask: Optional[torch.Tensor] = None, logits_per_chunk: int = LOGITS_PER_CHUNK):
+    """For evaluation: (nll_sum (B,), n_tokens (B,), correct (B,)) with the head only where counted.
+
+    nll_sum is sequence_nll's, by the written-out path (token_log_probs) as evaluation computes it
+    from full logits; correct counts the argmax hits per example (token_accuracy's numerator).
+    """
+    counted, rows, row_targets, chunk = _counted_rows(hidden, head, targets, loss_mask, logits_per_chunk)
+    nll, hits = [], []
+    for start in range(0, max(rows.size(0), 1), chunk):
+        logits, chunk_targets = head(rows[start:start + chunk]), row_targets[start:start + chunk]  # (n, V), (n,)
+        nll.append(-token_log_probs(logits, chunk_targets))
+        hits.append((logits.argmax(dim=-1) == chunk_targets).long())
+    return _per_example(counted, torch.cat(nll)), counted.sum(dim=1), _per_example(counted, torch.cat(hits))
+
+
+def _counted_rows(hidden, head, targets, loss_mask, logits_per_chunk):
+    """Check the input; return counted (B, T), its rows of hidden (N, C) and targets (N,), rows per chunk."""
     if hidden.dim() != 3 or hidden.shape[:2] != targets.shape:
         raise ValueError(f"hidden must be (B, T, C) with (B, T) = targets shape {tuple(targets.shape)}, "
                          f"got {tuple(hidden.shape)}; pass model(idx, return_hidden=True)")
@@ -204,21 +232,19 @@ def head_sequence_nll(hidden: torch.Tensor, head, targets: torch.Tensor,
         raise TypeError(f"targets must hold integer token ids, got {targets.dtype}; use targets.long()")
     counted = _check_mask(targets, loss_mask)                               # (B, T)
     rows, row_targets = hidden[counted], targets[counted].long()            # (N, C), (N,)
-    n, vocab_size = rows.size(0), _vocab_size(head, hidden[:1, 0])
+    vocab_size = _vocab_size(head, hidden[:1, 0])
     outside = (row_targets < 0) | (row_targets >= vocab_size)
     if outside.any():
         raise ValueError(f"counted target id {row_targets[outside][0].item()} is outside the vocabulary "
                          f"[0, {vocab_size}); use ids below vocab_size, or set loss_mask to 0 there")
-    chunk = max(1, logits_per_chunk // vocab_size)
-    recompute = n > chunk and torch.is_grad_enabled()
-    pieces = []
-    for start in range(0, max(n, 1), chunk):  # no counted row: one empty chunk keeps the graph whole
-        args = (head, rows[start:start + chunk], row_targets[start:start + chunk])
-        pieces.append(checkpoint(_rows_nll, *args, use_reentrant=False) if recompute else _rows_nll(*args))
-    nll_rows = torch.cat(pieces)                                            # (N,)
-    # back in place, zeros elsewhere, then summed along each row, as sequence_nll sums token_nll
-    nll = torch.zeros(counted.shape, dtype=nll_rows.dtype, device=nll_rows.device).masked_scatter(counted, nll_rows)
-    return nll.sum(dim=1), counted.sum(dim=1)
+    return counted, rows, row_targets, max(1, logits_per_chunk // vocab_size)
+
+
+def _per_example(counted: torch.Tensor, row_values: torch.Tensor) -> torch.Tensor:
+    """Values of the counted rows (N,) put back in place, zeros elsewhere, summed per example (B,):
+    the order in which sequence_nll sums token_nll."""
+    full = torch.zeros(counted.shape, dtype=row_values.dtype, device=row_values.device)
+    return full.masked_scatter(counted, row_values).sum(dim=1)
 
 
 def head_nll_loss(hidden: torch.Tensor, head, targets: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
-from minilm.loss import (bits_per_byte, head_nll_loss, head_sequence_nll, nll_loss, perplexity,
+from minilm.loss import (bits_per_byte, head_nll_loss, head_sequence_nll, head_sequence_stats, nll_loss,
+                         perplexity,
                          sequence_nll, token_accuracy, token_log_probs, token_nll)
 
 NORMALIZE = st.sampled_from(["sequence", "token"])
@@ -365,6 +366,20 @@ def test_head_only_where_counted_equals_the_written_out_objective_value_and_grad
     expected_sum, expected_tokens = sequence_nll(head(hidden), targets, mask)
     torch.testing.assert_close(nll_sum, expected_sum.detach(), rtol=1e-10, atol=1e-12)
     assert torch.equal(n_tokens, expected_tokens)
+
+
+@given(head_cases())
+def test_head_sequence_stats_are_the_full_logits_numbers_of_evaluation(case):
+    """Evaluation's per-example NLL (written-out path), counted tokens and argmax hits, from the
+    counted rows only, equal what full logits give."""
+    hidden, head, targets, mask, logits_per_chunk = case
+    nll_sum, n_tokens, correct = head_sequence_stats(hidden, head, targets, mask, logits_per_chunk)
+    with torch.no_grad():
+        logits = head(hidden)
+    expected_sum, expected_tokens = sequence_nll(logits, targets, mask)
+    torch.testing.assert_close(nll_sum, expected_sum, rtol=1e-12, atol=1e-12)
+    assert torch.equal(n_tokens, expected_tokens)
+    assert torch.equal(correct, ((logits.argmax(-1) == targets) & mask).sum(dim=1))
 
 
 def test_head_sequence_nll_computes_logits_for_counted_rows_only_and_a_batch_without_any_still_backpropagates():
