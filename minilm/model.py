@@ -80,9 +80,13 @@ class GPT(nn.Module):
         attention_mask (B, T), 1 at real tokens and 0 at padding (Hugging Face's convention), lets
         prompts of different lengths share a batch, left-padded: padding is hidden from attention
         (a cache remembers it for the steps after), and each row's positions count its real tokens
-        only, so a row computes what it would alone. return_hidden=True stops before the head: the
-        final hidden states (B, T, n_embd), for whoever needs logits at a few positions only
-        (minilm.loss.head_sequence_nll, the last position in generation).
+        only, so a row computes what it would alone. (Rotary scores depend on offsets only, so a
+        shift would change nothing in exact arithmetic; counting from the first real token also
+        gives the same rounding as alone, and is what learned positions need.)
+
+        return_hidden=True stops before the head: the final hidden states (B, T, n_embd), for
+        whoever needs logits at a few positions only (minilm.loss.head_sequence_nll, the last
+        position in generation).
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -197,8 +201,8 @@ class GPT(nn.Module):
             tokens[:, end - 1] = next_token
             if cache is not None and cache.length < cache.max_len:
                 hidden = self(next_token[:, None], cache, return_hidden=True)
-            else:  # context full (or no cache): recompute over the last block_size tokens
-                cache = None
+            else:  # context full (or no cache): recompute over the last block_size tokens; with left
+                cache = None  # padding those columns hold each row's last block_size real tokens, as alone
                 window = slice(max(0, end - self.config.block_size), end)
                 hidden = self(tokens[:, window], None, None if real is None else real[:, window], return_hidden=True)
             logits = self.lm_head(hidden[:, -1])
