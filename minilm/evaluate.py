@@ -14,10 +14,11 @@ greedily (or samples n times) until a special token. Then:
   - every kind, teacher-forced: the summed NLL and the argmax hits of the reference target tokens
     given the prompt (loss, perplexity and token accuracy on exactly the tokens fine-tuning learns).
 
-Batching generation. The model has absolute positions, so a batch of prompts of different
-lengths cannot simply be left-padded: the padded rows would see their tokens at shifted positions.
-Prompts are grouped by length and each group is generated as a batch (with the KV cache); greedy
-results equal one-prompt-at-a-time decoding (tests/test_evaluate.py checks it).
+Batching generation (with the KV cache). A rotary model (position "rope", the Llama family) takes
+prompts of different lengths in one batch: sorted by length, left-padded, with an attention mask
+that hides the padding and positions that start at each row's first real token (GPT.forward). A
+model with learned absolute positions keeps batches of prompts of exactly equal length, unpadded.
+Either way greedy results equal one-prompt-at-a-time decoding (tests/test_evaluate.py checks it).
 
 Any file in the suite's JSONL schema can be scored: python -m minilm.evaluate --run RUN --task_file F
 HumanEval (minilm.humaneval): python -m minilm.evaluate --run RUN --benchmark humaneval [--n 10 --temperature 0.8]
@@ -33,7 +34,7 @@ import torch
 
 from minilm import sft
 from minilm.execution import resolve_isolation, run_programs
-from minilm.loss import sequence_nll
+from minilm.loss import head_sequence_stats
 from minilm.metrics import (CODE_KINDS, compare_reports, pass_at_k, summarize,  # noqa: F401 (re-exported)
                             write_comparison, write_report)
 
@@ -65,35 +66,56 @@ def generate_from_prompts(model, prompts: Sequence[Sequence[int]], stop_ids: Seq
                           ) -> list[Optional[list[str]]]:
     """n_samples decoded completions per prompt of token ids, in any prompt format.
 
-    A prompt longer than the context gets None. Prompts of equal length share a batch (each
-    repeated n_samples times), so no row is padded. Generation stops at stop_ids; `decode` turns
-    a row's new ids (stop token and padding included) into the completion's text. Sampling is
-    seeded per batch: the same call gives the same completions.
+    A prompt longer than the context gets None. Up to batch_size rows share a batch (each prompt
+    repeated n_samples times): prompts of similar length, left-padded, for a rotary model; prompts
+    of equal length otherwise (batches_by_length). Generation stops at stop_ids, and a batch ends
+    when all its rows have stopped; `decode` turns a row's new ids (stop token and padding
+    included) into the completion's text. Sampling is seeded per batch: the same call gives the
+    same completions.
     """
     if n_samples < 1 or max_new_tokens < 1:
         raise ValueError(f"n_samples and max_new_tokens must be >= 1, got {n_samples}, {max_new_tokens}")
     if temperature == 0 and n_samples > 1:
         raise ValueError("greedy decoding (temperature 0) gives n identical samples; "
                          "set temperature > 0 for pass@k with n_samples > 1")
-    by_length: dict[int, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        if len(prompt) <= model.config.block_size:
-            by_length.setdefault(len(prompt), []).append(i)
+    device = _device(model)
     completions: list[Optional[list[str]]] = [None] * len(prompts)
-    rows_per_batch = max(1, batch_size // n_samples)
-    batch_number = 0
-    for length, members in sorted(by_length.items()):
-        for start in range(0, len(members), rows_per_batch):
-            chunk = members[start:start + rows_per_batch]
-            idx = torch.tensor([list(prompts[i]) for i in chunk for _ in range(n_samples)],
-                               dtype=torch.long, device=_device(model))  # (rows * n, length)
-            out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                                 top_p=top_p, stop_tokens=stop_ids, seed=seed + batch_number)
-            batch_number += 1
-            new = out[:, length:].tolist()
-            for j, i in enumerate(chunk):
-                completions[i] = [decode(new[j * n_samples + s]) for s in range(n_samples)]
+    padded = model.config.position == "rope"
+    for batch_number, chunk in enumerate(batches_by_length(
+            [len(p) for p in prompts], max(1, batch_size // n_samples), model.config.block_size, padded)):
+        rows = [list(prompts[i]) for i in chunk for _ in range(n_samples)]
+        width = max(len(row) for row in rows)
+        idx = torch.zeros(len(rows), width, dtype=torch.long)  # (rows * n, width), left-padded with id 0
+        real = torch.zeros(len(rows), width, dtype=torch.bool)
+        for r, row in enumerate(rows):
+            idx[r, width - len(row):] = torch.tensor(row)
+            real[r, width - len(row):] = True
+        mask = None if real.all() else real.to(device)
+        out = model.generate(idx.to(device), max_new_tokens, temperature=temperature, top_k=top_k,
+                             top_p=top_p, stop_tokens=stop_ids, seed=seed + batch_number, attention_mask=mask)
+        new = out[:, width:].tolist()
+        for j, i in enumerate(chunk):
+            completions[i] = [decode(new[j * n_samples + s]) for s in range(n_samples)]
     return completions
+
+
+def batches_by_length(lengths: Sequence[int], rows_per_batch: int, block_size: int,
+                      padded: bool) -> list[list[int]]:
+    """Indices of the prompts that fit the context, in batches of up to rows_per_batch.
+
+    padded: sorted by length and cut in order, so a batch's rows differ little in length and the
+    left padding stays short. Not padded: each batch holds prompts of one length only.
+    """
+    fits = sorted((n, i) for i, n in enumerate(lengths) if n <= block_size)
+    if padded:
+        groups = [[i for _, i in fits]]
+    else:
+        by_length: dict[int, list[int]] = {}
+        for n, i in fits:
+            by_length.setdefault(n, []).append(i)
+        groups = list(by_length.values())
+    return [group[start:start + rows_per_batch] for group in groups
+            for start in range(0, len(group), rows_per_batch)]
 
 
 # ---------------------------------------------------------------- teacher forcing
@@ -112,10 +134,9 @@ def teacher_forced(model, tok, tasks: Sequence[dict], batch_size: int = 16) -> l
         idx, targets, loss_mask = sft.collate([rendered[i][0] for i in chunk],
                                               [rendered[i][1] for i in chunk], pad_id,
                                               device=_device(model))
-        logits = model(idx)  # (B, T, V)
-        nll_sum, n_tokens = sequence_nll(logits, targets, loss_mask)  # (B,), (B,)
-        # argmax hits on counted positions: the numerator of minilm.loss.token_accuracy, per row
-        correct = ((logits.argmax(dim=-1) == targets) & loss_mask.bool()).sum(dim=1)  # (B,)
+        # summed NLL, counted tokens and argmax hits per row (B,), the head only at the target tokens
+        nll_sum, n_tokens, correct = head_sequence_stats(model(idx, return_hidden=True), model.lm_head,
+                                                         targets, loss_mask)
         for row, i in enumerate(chunk):
             results[i] = {"tf_nll": float(nll_sum[row]), "tf_tokens": int(n_tokens[row]),
                           "tf_correct": int(correct[row])}

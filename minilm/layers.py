@@ -30,22 +30,34 @@ from minilm.config import ModelConfig
 
 
 # ---------------------------------------------------------------- positions and the causal mask
-def causal_mask(q_len: int, k_len: int, device) -> torch.Tensor:
+def causal_mask(q_len: int, k_len: int, device, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Boolean (q_len, k_len) mask, True where query i may attend to key j.
 
     Queries are the last q_len of k_len positions (a KV cache holds the first ones), so query i
     sits at absolute position k_len - q_len + i and may see every key at or before it.
+
+    key_mask (B, k_len), True at real tokens, hides padding too: the result is (B, 1, q_len, k_len),
+    one mask per row, broadcast over heads. A query always sees its own key, so a padding query
+    (whose output nothing reads) still has one key and a finite softmax; a real query sees itself
+    anyway, so its keys are exactly the real ones at or before it.
     """
     offset = k_len - q_len
     q_pos = torch.arange(q_len, device=device)[:, None] + offset
     k_pos = torch.arange(k_len, device=device)[None, :]
-    return k_pos <= q_pos
+    mask = k_pos <= q_pos  # (q_len, k_len)
+    if key_mask is None:
+        return mask
+    return mask & (key_mask[:, None, None, :] | (k_pos == q_pos))  # (B, 1, q_len, k_len)
 
 
 def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float):
-    """cos and sin of the rotary angles, each (T, head_dim / 2): angle[p, i] = p * base^(-2i / head_dim)."""
+    """cos and sin of the rotary angles, each (..., T, head_dim / 2) for positions (..., T):
+    angle[p, i] = p * base^(-2i / head_dim). Positions (B, T), one row each, give (B, 1, T, hs / 2),
+    which broadcast over the heads of (B, nh, T, hs)."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.float()[:, None] * inv_freq[None, :]
+    angles = positions.float()[..., None] * inv_freq  # (..., T, hs / 2)
+    if positions.dim() == 2:
+        angles = angles.unsqueeze(1)  # (B, 1, T, hs / 2)
     return angles.cos(), angles.sin()
 
 
@@ -69,6 +81,10 @@ class KVCache:
     whole prefix: O(T) work per new token instead of O(T^2). It holds the n_kv_head key/value heads
     only (grouped-query attention shares them; a third of the memory for SmolLM2) and `max_len`
     positions (default block_size): a generation sizes it to the tokens it will produce.
+
+    For a left-padded batch it also remembers which stored positions are real tokens (`real`,
+    (B, max_len), made at the first forward given an attention mask), so later steps keep hiding
+    the padding without being told again.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, device, dtype, max_len: Optional[int] = None):
@@ -77,6 +93,15 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions stored; advanced by GPT.forward after all layers ran
+        self.real: Optional[torch.Tensor] = None  # (B, max_len) bool once padding was seen
+
+    def remember_real(self, real: torch.Tensor) -> torch.Tensor:
+        """Record which of the next T positions are real (B, T); return the key mask (B, length + T)."""
+        start, end = self.length, self.length + real.size(1)
+        if self.real is None:  # positions stored so far were all real
+            self.real = torch.ones(real.size(0), self.max_len, dtype=torch.bool, device=real.device)
+        self.real[:, start:end] = real
+        return self.real[:, :end]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store this step's k, v (B, n_kv, T, hs) and return all keys and values so far."""
@@ -94,10 +119,13 @@ def reference_attention(q, k, v, mask):
 
     q: (B, nh, Tq, hs); k, v: (B, n_kv, Tk, hs) with nh a multiple of n_kv. Query head h reads
     key/value head h // (nh / n_kv), the convention of Hugging Face's `repeat_kv` and of torch's
-    `enable_gqa`; with n_kv == nh every head has its own (the group dimension is 1).
+    `enable_gqa`; with n_kv == nh every head has its own (the group dimension is 1). mask is
+    (Tq, Tk), or (B, 1, Tq, Tk) for a padded batch (causal_mask with a key_mask).
     """
     B, nh, Tq, hs = q.shape
     n_kv = k.size(1)
+    if mask.dim() == 4:
+        mask = mask.unsqueeze(2)  # (B, 1, 1, Tq, Tk): broadcast over key/value heads and groups
     q = q.view(B, n_kv, nh // n_kv, Tq, hs)  # query heads grouped by the key/value head they read
     k, v = k.unsqueeze(2), v.unsqueeze(2)  # (B, n_kv, 1, Tk, hs): broadcast over the group
     scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, n_kv, group, Tq, Tk)
@@ -123,7 +151,9 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cache: Optional[KVCache] = None, layer: int = 0, rotary=None):
+    def forward(self, x, cache: Optional[KVCache] = None, layer: int = 0, rotary=None,
+                key_mask: Optional[torch.Tensor] = None):
+        """x (B, T, C) -> (B, T, C). key_mask (B, past + T), True at real tokens, hides left padding."""
         B, T, C = x.shape
         nh, n_kv, hs = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.c_attn(x).split([nh * hs, n_kv * hs, n_kv * hs], dim=2)
@@ -140,16 +170,16 @@ class CausalSelfAttention(nn.Module):
         if path == "auto":
             path = "reference" if q.device.type == "cpu" and q.dtype == torch.bfloat16 else "sdpa"
         if path == "reference":
-            y = reference_attention(q, k, v, causal_mask(T, k.size(2), x.device))
+            y = reference_attention(q, k, v, causal_mask(T, k.size(2), x.device, key_mask))
             y = F.dropout(y, dropout_p, self.training) if dropout_p else y
         else:
             # torch repeats each k/v head for its group itself; asked only when there are groups,
             # so n_kv == nh keeps the kernels (and the bits) of plain multi-head attention
             gqa = n_kv != nh
-            if k.size(2) == T:  # no cached prefix: the plain causal case, which flash attention handles
+            if k.size(2) == T and key_mask is None:  # the plain causal case, which flash attention handles
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
-            else:  # queries at the end of a cached prefix need the offset mask
-                mask = causal_mask(T, k.size(2), x.device)
+            else:  # queries at the end of a cached prefix, or padding: the explicit mask
+                mask = causal_mask(T, k.size(2), x.device, key_mask)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # re-assemble the heads
         return self.resid_dropout(self.c_proj(y))

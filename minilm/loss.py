@@ -21,7 +21,9 @@ Conventions:
   - Logits in bf16 / fp16 are upcast to fp32 before the softmax; fp64 stays fp64.
 
 Two paths compute the same number (tests/test_loss.py proves it): the explicit log-softmax and
-gather below (fast=False), and torch's F.cross_entropy (fast=True; a fused kernel on CUDA).
+gather below (fast=False), and torch's F.cross_entropy (fast=True; a fused kernel on CUDA). A third,
+head_sequence_nll, starts one step earlier, from the hidden states before the LM head, and computes
+logits only at the counted positions, a chunk of rows at a time: what training uses.
 
 Degenerate input: an example with no counted token is not part of D (it has no code to score), so it
 adds nothing to the sum and is not counted in N; a batch with no counted token at all raises
@@ -39,6 +41,7 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 NORMALIZATIONS = ("sequence", "token")
 
@@ -150,9 +153,17 @@ def nll_loss(logits: torch.Tensor, targets: torch.Tensor, loss_mask: Optional[to
     normalize="token":    L = sum_ij -log p_ij / (number of counted tokens), the per-token mean used
         for pretraining; with no mask it equals F.cross_entropy(logits.view(-1, V), targets.view(-1)).
     """
+    _check_normalize(normalize)
+    return _normalized(*sequence_nll(logits, targets, loss_mask, fast=fast), normalize)
+
+
+def _check_normalize(normalize: str) -> None:
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    nll_sum, n_tokens = sequence_nll(logits, targets, loss_mask, fast=fast)
+
+
+def _normalized(nll_sum: torch.Tensor, n_tokens: torch.Tensor, normalize: str) -> torch.Tensor:
+    """sum_i l_i over N: the examples with a counted token ("sequence") or the counted tokens ("token")."""
     if normalize == "sequence":
         normalizer = (n_tokens > 0).sum()
     else:
@@ -161,6 +172,100 @@ def nll_loss(logits: torch.Tensor, targets: torch.Tensor, loss_mask: Optional[to
         raise ValueError("no position is counted by loss_mask, so the loss is undefined; check that "
                          "the targets (code) were not all truncated or masked out")
     return nll_sum.sum() / normalizer
+
+
+# ----------------------------------------------------------------------------------------------
+# The LM head only where the loss counts
+
+LOGITS_PER_CHUNK = 2**25  # logits alive at once: 128 MiB in fp32, 682 rows of SmolLM2's 49,152-wide head
+
+
+def head_sequence_nll(hidden: torch.Tensor, head, targets: torch.Tensor,
+                      loss_mask: Optional[torch.Tensor] = None, logits_per_chunk: int = LOGITS_PER_CHUNK):
+    """sequence_nll(head(hidden), targets, loss_mask), computing logits only where the loss counts.
+
+    hidden (B, T, C) are the final hidden states (model(idx, return_hidden=True)); head maps (N, C)
+    to logits (N, V) (model.lm_head). An uncounted position adds exactly 0 to the loss and to its
+    gradient (token_nll), so its logits need not exist: in fine-tuning that is the prompt and the
+    padding, most of each row, and the head is the widest matmul of a model with a large vocabulary
+    (49,152 x 576 for SmolLM2). So: gather the N counted rows of hidden, then, a chunk of rows at a
+    time, head -> F.cross_entropy, and put the per-token NLL back in place to sum per example.
+
+    Memory: cross-entropy keeps its (rows, V) log-softmax for backward. When the counted rows need more
+    than one chunk of logits_per_chunk logits and autograd is recording, each chunk is recomputed in
+    backward (torch.utils.checkpoint), so one chunk's logits live at a time instead of all N x V, for
+    one more head matmul per row; a single chunk is computed plainly (nothing to save).
+    Returns (nll_sum (B,), n_tokens (B,)); equal to sequence_nll up to float rounding (tests/test_loss.py).
+    """
+    counted, rows, row_targets, chunk = _counted_rows(hidden, head, targets, loss_mask, logits_per_chunk)
+    recompute = rows.size(0) > chunk and torch.is_grad_enabled()
+    pieces = []
+    for start in range(0, max(rows.size(0), 1), chunk):  # no counted row: one empty chunk keeps the graph
+        args = (head, rows[start:start + chunk], row_targets[start:start + chunk])
+        pieces.append(checkpoint(_rows_nll, *args, use_reentrant=False) if recompute else _rows_nll(*args))
+    return _per_example(counted, torch.cat(pieces)), counted.sum(dim=1)
+
+
+@torch.no_grad()
+def head_sequence_stats(hidden: torch.Tensor, head, targets: torch.Tensor,
+                        loss_mask: Optional[torch.Tensor] = None, logits_per_chunk: int = LOGITS_PER_CHUNK):
+    """For evaluation: (nll_sum (B,), n_tokens (B,), correct (B,)) with the head only where counted.
+
+    nll_sum is sequence_nll's, by the written-out path (token_log_probs) as evaluation computes it
+    from full logits; correct counts the argmax hits per example (token_accuracy's numerator).
+    """
+    counted, rows, row_targets, chunk = _counted_rows(hidden, head, targets, loss_mask, logits_per_chunk)
+    nll, hits = [], []
+    for start in range(0, max(rows.size(0), 1), chunk):
+        logits, chunk_targets = head(rows[start:start + chunk]), row_targets[start:start + chunk]  # (n, V), (n,)
+        nll.append(-token_log_probs(logits, chunk_targets))
+        hits.append((logits.argmax(dim=-1) == chunk_targets).long())
+    return _per_example(counted, torch.cat(nll)), counted.sum(dim=1), _per_example(counted, torch.cat(hits))
+
+
+def _counted_rows(hidden, head, targets, loss_mask, logits_per_chunk):
+    """Check the input; return counted (B, T), its rows of hidden (N, C) and targets (N,), rows per chunk."""
+    if hidden.dim() != 3 or hidden.shape[:2] != targets.shape:
+        raise ValueError(f"hidden must be (B, T, C) with (B, T) = targets shape {tuple(targets.shape)}, "
+                         f"got {tuple(hidden.shape)}; pass model(idx, return_hidden=True)")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise TypeError(f"targets must hold integer token ids, got {targets.dtype}; use targets.long()")
+    counted = _check_mask(targets, loss_mask)                               # (B, T)
+    rows, row_targets = hidden[counted], targets[counted].long()            # (N, C), (N,)
+    vocab_size = _vocab_size(head, hidden[:1, 0])
+    outside = (row_targets < 0) | (row_targets >= vocab_size)
+    if outside.any():
+        raise ValueError(f"counted target id {row_targets[outside][0].item()} is outside the vocabulary "
+                         f"[0, {vocab_size}); use ids below vocab_size, or set loss_mask to 0 there")
+    return counted, rows, row_targets, max(1, logits_per_chunk // vocab_size)
+
+
+def _per_example(counted: torch.Tensor, row_values: torch.Tensor) -> torch.Tensor:
+    """Values of the counted rows (N,) put back in place, zeros elsewhere, summed per example (B,):
+    the order in which sequence_nll sums token_nll."""
+    full = torch.zeros(counted.shape, dtype=row_values.dtype, device=row_values.device)
+    return full.masked_scatter(counted, row_values).sum(dim=1)
+
+
+def head_nll_loss(hidden: torch.Tensor, head, targets: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
+                  normalize: str = "sequence", logits_per_chunk: int = LOGITS_PER_CHUNK) -> torch.Tensor:
+    """nll_loss(head(hidden), targets, loss_mask, normalize), the head only where the loss counts."""
+    _check_normalize(normalize)
+    return _normalized(*head_sequence_nll(hidden, head, targets, loss_mask, logits_per_chunk), normalize)
+
+
+def _vocab_size(head, row: torch.Tensor) -> int:
+    """V of a head: its out_features when it is a linear layer (or LoRA around one), else measured."""
+    for module in (head, getattr(head, "base_layer", None)):
+        if hasattr(module, "out_features"):
+            return module.out_features
+    with torch.no_grad():
+        return head(row).size(-1)
+
+
+def _rows_nll(head, rows: torch.Tensor, row_targets: torch.Tensor) -> torch.Tensor:
+    """-log softmax(head(rows))[target] per row: (rows,) from torch's fused cross-entropy."""
+    return F.cross_entropy(_compute_dtype(head(rows)), row_targets, reduction="none")
 
 
 def perplexity(mean_token_nll: Union[float, torch.Tensor]) -> Union[float, torch.Tensor]:

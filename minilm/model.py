@@ -15,7 +15,8 @@ The parts live in minilm/layers.py, one formula each, chosen by ModelConfig fiel
 Module names follow the GPT-2 checkpoint (wte, wpe, h.{i}.attn.c_attn, ln_f, ...), so importing
 Hugging Face GPT-2 weights is a transpose, not a translation table (see minilm/gpt2_interop.py), and
 LoRA targets mean the same layers in every family. The loss is not computed here: forward returns
-logits and minilm/loss.py turns them into the objective.
+logits, or the final hidden states for a loss that runs the head only where it counts, and
+minilm/loss.py turns them into the objective.
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = make_mlp(config)
 
-    def forward(self, x, cache: Optional[KVCache] = None, layer: int = 0, rotary=None):
-        x = x + self.attn(self.ln_1(x), cache, layer, rotary)
+    def forward(self, x, cache: Optional[KVCache] = None, layer: int = 0, rotary=None, key_mask=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, rotary, key_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -72,15 +73,36 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        """idx (B, T) token ids -> logits (B, T, vocab_size). With a cache, idx continues its prefix."""
+    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None,
+                attention_mask: Optional[torch.Tensor] = None, return_hidden: bool = False) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, vocab_size). With a cache, idx continues its prefix.
+
+        attention_mask (B, T), 1 at real tokens and 0 at padding (Hugging Face's convention), lets
+        prompts of different lengths share a batch, left-padded: padding is hidden from attention
+        (a cache remembers it for the steps after), and each row's positions count its real tokens
+        only, so a row computes what it would alone. (Rotary scores depend on offsets only, so a
+        shift would change nothing in exact arithmetic; counting from the first real token also
+        gives the same rounding as alone, and is what learned positions need.)
+
+        return_hidden=True stops before the head: the final hidden states (B, T, n_embd), for
+        whoever needs logits at a few positions only (minilm.loss.head_sequence_nll, the last
+        position in generation).
+        """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(
                 f"sequence of {start + T} tokens exceeds the context of {self.config.block_size}; "
                 "shorten the input or use a model with a larger block_size")
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        key_mask = None  # (B, start + T), True at real tokens, when the batch is padded
+        if attention_mask is not None or (cache is not None and cache.real is not None):
+            real = torch.ones_like(idx, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+            if real.shape != idx.shape:
+                raise ValueError(f"attention_mask shape {tuple(real.shape)} must equal idx shape {tuple(idx.shape)}")
+            key_mask = cache.remember_real(real) if cache is not None else real
+            pos = (key_mask.cumsum(dim=1) - 1).clamp(min=0)[:, start:]  # (B, T): real tokens before, per row
+        else:
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.transformer.wte(idx)  # (B, T, C)
         rotary = None
         if self.config.position == "learned":
@@ -89,10 +111,11 @@ class GPT(nn.Module):
             rotary = rotary_cos_sin(pos, self.config.head_dim, self.config.rope_base)
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer, rotary)
+            x = block(x, cache, layer, rotary, key_mask)
         if cache is not None:
             cache.length += T
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        hidden = self.transformer.ln_f(x)  # (B, T, C)
+        return hidden if return_hidden else self.lm_head(hidden)  # (B, T, V)
 
     # ---------------------------------------------------------------- size and speed
     def lookup_tables(self) -> list[nn.Parameter]:
@@ -137,46 +160,65 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate_tokens(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                         top_k: Optional[int] = None, top_p: Optional[float] = None,
-                        seed: Optional[int] = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
+                        seed: Optional[int] = None, use_cache: bool = True,
+                        attention_mask: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
         """Yield each new token column (B,) as it is sampled; the streaming form of generate()."""
         if idx.dim() == 1:
             idx = idx[None]
-        if idx.size(1) == 0:
+        B, P = idx.shape
+        if P == 0:
             raise ValueError("the prompt is empty; give at least one token (e.g. <|endoftext|>)")
-        if idx.size(1) > self.config.block_size:
+        if P > self.config.block_size:
             raise ValueError(
-                f"prompt has {idx.size(1)} tokens but the context holds {self.config.block_size}; "
+                f"prompt has {P} tokens but the context holds {self.config.block_size}; "
                 "shorten the prompt")
+        if attention_mask is not None and not attention_mask[:, -1].bool().all():
+            raise ValueError("attention_mask has padding at the end of a prompt; pad prompts on the left, "
+                             "so that every row's last token is real")
         generator = None
         if seed is not None:
             generator = torch.Generator(device=idx.device).manual_seed(seed)
         dtype = next(self.parameters()).dtype
         # sized to this generation's tokens, not the whole context: SmolLM2's 8192 positions x 30
         # layers would be hundreds of MB per row; past the context the loop below recomputes anyway
-        cache_len = min(self.config.block_size, idx.size(1) + max_new_tokens)
-        cache = KVCache(self.config, idx.size(0), idx.device, dtype, cache_len) if use_cache else None
-        logits = self(idx, cache)[:, -1, :]
+        cache_len = min(self.config.block_size, P + max_new_tokens)
+        cache = KVCache(self.config, B, idx.device, dtype, cache_len) if use_cache else None
+        # the sequence so far, allocated once; read only when the cache is off or full
+        tokens = torch.empty(B, P + max_new_tokens, dtype=idx.dtype, device=idx.device)
+        tokens[:, :P] = idx
+        real = None
+        if attention_mask is not None:
+            real = torch.ones(B, P + max_new_tokens, dtype=torch.bool, device=idx.device)
+            real[:, :P] = attention_mask.bool()
+        # only the last position's logits are needed: the head (V x C) runs on B rows, not B x P
+        logits = self.lm_head(self(idx, cache, attention_mask, return_hidden=True)[:, -1])
         for step in range(max_new_tokens):
             next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
             yield next_token
-            idx = torch.cat([idx, next_token[:, None]], dim=1)
             if step == max_new_tokens - 1:
                 break
+            end = P + step + 1
+            tokens[:, end - 1] = next_token
             if cache is not None and cache.length < cache.max_len:
-                logits = self(next_token[:, None], cache)[:, -1, :]
-            else:  # context full (or no cache): recompute over the last block_size tokens
-                cache = None
-                logits = self(idx[:, -self.config.block_size:])[:, -1, :]
+                hidden = self(next_token[:, None], cache, return_hidden=True)
+            else:  # context full (or no cache): recompute over the last block_size tokens; with left
+                cache = None  # padding those columns hold each row's last block_size real tokens, as alone
+                window = slice(max(0, end - self.config.block_size), end)
+                hidden = self(tokens[:, window], None, None if real is None else real[:, window], return_hidden=True)
+            logits = self.lm_head(hidden[:, -1])
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
-                 stop_tokens=None, seed: Optional[int] = None, use_cache: bool = True) -> torch.Tensor:
+                 stop_tokens=None, seed: Optional[int] = None, use_cache: bool = True,
+                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Continue idx (B, T) by up to max_new_tokens; returns (B, T + new).
 
         temperature 0 is greedy decoding. A row that emits one of stop_tokens is finished: it is
         padded with that token while the other rows go on, and generation ends when all are done.
         Past the context length the model sees the last block_size tokens (left-truncation).
+        Prompts of different lengths share a batch left-padded, with attention_mask (B, T) 1 at
+        their real tokens (see forward): each row then continues as it would alone.
         """
         was_training = self.training
         self.eval()
@@ -185,7 +227,8 @@ class GPT(nn.Module):
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         pad = torch.zeros_like(finished, dtype=idx.dtype)
         out = [idx]
-        for token in self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+        for token in self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache,
+                                          attention_mask):
             token = torch.where(finished, pad, token)
             out.append(token[:, None])
             just_stopped = torch.isin(token, stop) & ~finished

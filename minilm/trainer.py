@@ -43,7 +43,7 @@ import torch.nn as nn
 from minilm import checkpoint as ckpt
 from minilm.early_stopping import EarlyStopping
 from minilm.distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, sync_context
-from minilm.loss import sequence_nll
+from minilm.loss import head_sequence_nll, head_sequence_stats
 from minilm.optim import lr_at, make_optimizer, set_lr
 from minilm.runtime import autocast, peak_flops
 
@@ -115,14 +115,13 @@ def estimate_loss(model: nn.Module, batches, normalize: str, device, dtype) -> d
         batch = Batch(*batch)
         idx, targets = batch.idx.to(device), batch.targets.to(device)
         mask = None if batch.loss_mask is None else batch.loss_mask.to(device)
-        with autocast(torch.device(device), dtype):
-            logits = model(idx)
-        nll_sum, n_tokens = sequence_nll(logits, targets, mask)
-        counted = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask != 0
+        with autocast(torch.device(device), dtype):  # the head only where the loss counts
+            nll_sum, n_tokens, hits = head_sequence_stats(model(idx, return_hidden=True), model.lm_head,
+                                                          targets, mask)
         nll += nll_sum.sum().item()
         tokens += int(n_tokens.sum())
         examples += int((n_tokens > 0).sum())
-        correct += int(((logits.argmax(-1) == targets) & counted).sum())
+        correct += int(hits.sum())
     model.train(was_training)
     if tokens == 0:
         raise ValueError("the validation set has no counted token; check the split and the masks")
@@ -201,8 +200,8 @@ class Trainer:
             idx, targets = self._to_device(batch.idx), self._to_device(batch.targets)
             mask = None if batch.loss_mask is None else self._to_device(batch.loss_mask)
             with sync_context(model, sync=i == len(batches) - 1), autocast(self.device, self.dtype):
-                logits = model(idx)  # (B, T, V)
-                nll_sum, _ = sequence_nll(logits, targets, mask, fast=True)  # (B,) summed -log p
+                hidden = model(idx, return_hidden=True)  # (B, T, C): the head runs where the loss counts
+                nll_sum, _ = head_sequence_nll(hidden, self.raw_model.lm_head, targets, mask)  # (B,) summed -log p
                 loss = nll_sum.sum() * scale
             loss.backward()
             nll_total += nll_sum.sum().detach()

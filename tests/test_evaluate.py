@@ -19,8 +19,8 @@ from hypothesis import given, strategies as st
 from minilm import sft
 from minilm.checkpoint import save_weights, trainable_state
 from minilm.config import ModelConfig
-from minilm.evaluate import (build_report, evaluate_model, generate_completions, score_completions,
-                             teacher_forced)
+from minilm.evaluate import (batches_by_length, build_report, evaluate_model, generate_completions,
+                             score_completions, teacher_forced)
 from minilm.loss import nll_loss
 from minilm.metrics import (compare_reports, pass_at_k, pass_at_k_reference, summarize,
                             summarize_group, write_comparison, write_report)
@@ -164,6 +164,32 @@ def test_batched_generation_equals_one_task_at_a_time(model, tok, tasks):
     assert sampled == generate_completions(model, tok, tasks[:3], max_new_tokens=8, n_samples=3,
                                            temperature=1.0, seed=5)  # seeded: reproducible
     assert all(len(s) == 3 for s in sampled)
+
+
+@pytest.mark.parametrize("family", [dict(position="rope"),
+                                    dict(position="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1, bias=False)])
+def test_rotary_models_batch_prompts_of_any_length_left_padded(tok, tasks, family):
+    """Batches mix prompt lengths (left padding) and still equal one task at a time, greedy."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=192, n_layer=1, n_head=2, n_embd=32,
+                            **family)).eval()
+    lengths = [len(sft.render_prompt(tok, task)) for task in tasks]
+    assert any(len({lengths[i] for i in batch}) > 1 for batch in batches_by_length(lengths, 8, 192, True))
+    batched = generate_completions(model, tok, tasks, max_new_tokens=8, batch_size=8)
+    alone = [generate_completions(model, tok, [task], max_new_tokens=8)[0] for task in tasks]
+    assert batched == alone
+
+
+@given(st.lists(st.integers(1, 20), max_size=30), st.integers(1, 5), st.booleans())
+def test_batches_by_length_hold_every_fitting_prompt_once(lengths, rows, padded):
+    batches = batches_by_length(lengths, rows, block_size=15, padded=padded)
+    assert sorted(i for batch in batches for i in batch) == [i for i, n in enumerate(lengths) if n <= 15]
+    assert all(1 <= len(batch) <= rows for batch in batches)
+    if padded:  # sorted by length, cut in order: fewest batches, least padding
+        order = [lengths[i] for batch in batches for i in batch]
+        assert order == sorted(order) and len(batches) == -(-len(order) // rows)
+    else:
+        assert all(len({lengths[i] for i in batch}) == 1 for batch in batches)
 
 
 def test_teacher_forced_numbers_match_the_loss_module(model, tok, tasks):

@@ -73,6 +73,41 @@ def test_gqa_module_reference_path_equals_sdpa_with_a_cache_and_gradients(nh_kv,
         torch.testing.assert_close(p_ref.grad, p_fast.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@given(st.sampled_from([(4, 1), (4, 2), (2, 2)]), st.integers(1, 8), st.integers(0, 8), st.integers(0, 2**16),
+       st.data())
+def test_left_padding_is_hidden_in_both_paths_with_a_cache_and_gradients(nh_kv, T, past, seed, data):
+    """A key mask hides each row's leading padding: reference == SDPA (values, gradients), with and
+    without a cached prefix, and a row's real queries give what the row gives without its padding."""
+    length = past + T
+    pads = [data.draw(st.integers(0, length - 1)) for _ in range(3)]
+    key_mask = torch.arange(length)[None, :] >= torch.tensor(pads)[:, None]  # (3, length)
+    x = randn(3, length, 32, seed=seed)
+    ref, config = attention_module(seed, "reference", *nh_kv)
+    fast, _ = attention_module(seed, "sdpa", *nh_kv)
+    positions = (key_mask.cumsum(1) - 1).clamp(min=0)  # (3, length): each row's real tokens from 0
+    rotary = rotary_cos_sin(positions, config.head_dim, 10000.0)  # each (3, 1, length, hs / 2)
+    outs = []
+    for module in (ref, fast):
+        cache = KVCache(config, 3, "cpu", torch.float32)
+        if past:
+            module(x[:, :past], cache, 0, tuple(r[:, :, :past] for r in rotary), key_mask[:, :past])
+            cache.length = past
+        outs.append(module(x[:, past:], cache, 0, tuple(r[:, :, past:] for r in rotary), key_mask))
+    assert torch.isfinite(outs[0]).all()  # padding queries too: each still sees its own key
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-5)
+    outs[0].square().sum().backward()
+    outs[1].square().sum().backward()
+    for (name, p_ref), (_, p_fast) in zip(ref.named_parameters(), fast.named_parameters()):
+        torch.testing.assert_close(p_ref.grad, p_fast.grad, rtol=1e-4, atol=1e-5, msg=name)
+    with torch.no_grad():
+        for row, pad in enumerate(pads):
+            alone_rotary = rotary_cos_sin(torch.arange(length - pad), config.head_dim, 10000.0)
+            alone = ref(x[row:row + 1, pad:], rotary=alone_rotary)[0]  # (length - pad, C)
+            real_queries = slice(max(pad, past) - past, T)
+            torch.testing.assert_close(outs[0][row, real_queries], alone[max(pad, past) - pad:],
+                                       rtol=0, atol=1e-5)
+
+
 def pre_gqa_attention(module, x, rotary, path):
     """The attention before grouped-query heads existed, written as it was: c_attn split into three
     n_embd-wide thirds, n_head heads each, and the 4-D formula or torch's kernel."""

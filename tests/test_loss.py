@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
-from minilm.loss import (bits_per_byte, nll_loss, perplexity, sequence_nll, token_accuracy,
-                         token_log_probs, token_nll)
+from minilm.loss import (bits_per_byte, head_nll_loss, head_sequence_nll, head_sequence_stats, nll_loss,
+                         perplexity,
+                         sequence_nll, token_accuracy, token_log_probs, token_nll)
 
 NORMALIZE = st.sampled_from(["sequence", "token"])
 
@@ -322,6 +323,91 @@ def test_bad_input_raises_a_clear_error(fast):
         nll_loss(logits[0], targets[0], fast=fast)
     with pytest.raises(ValueError, match="target id 7"):
         token_log_probs(logits, torch.full((2, 3), 7))
+
+
+# -- the LM head only where the loss counts ------------------------------------------------------
+
+@st.composite
+def head_cases(draw):
+    """hidden (B, T, C) and a linear head C -> V in float64, targets, a mask that may leave whole
+    rows uncounted (at least one counted position overall), and a chunk size from one row up."""
+    batch, time, channels, vocab = draw(st.integers(1, 4)), draw(st.integers(1, 6)), draw(st.integers(1, 6)), \
+        draw(st.integers(2, 13))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    hidden = torch.randn(batch, time, channels, generator=generator, dtype=torch.float64)
+    head = torch.nn.Linear(channels, vocab, bias=draw(st.booleans())).double()
+    with torch.no_grad():
+        head.weight.copy_(3 * torch.randn(vocab, channels, generator=generator, dtype=torch.float64))
+    targets = torch.randint(0, vocab, (batch, time), generator=generator)
+    mask = torch.tensor(draw(st.lists(st.booleans(), min_size=batch * time, max_size=batch * time))).view(batch, time)
+    if not mask.any():
+        mask[draw(st.integers(0, batch - 1)), draw(st.integers(0, time - 1))] = True
+    rows_per_chunk = draw(st.sampled_from([1, 2, 3, 1000]))
+    return hidden, head, targets, mask, rows_per_chunk * vocab
+
+
+@given(head_cases(), NORMALIZE)
+def test_head_only_where_counted_equals_the_written_out_objective_value_and_gradient(case, normalize):
+    """Gathering the counted rows, the head in chunks (recomputed in backward when there are several),
+    then cross-entropy: the same loss and gradients (to hidden and to the head) as the explicit path
+    over all logits."""
+    hidden, head, targets, mask, logits_per_chunk = case
+    results = []
+    for loss_fn in (lambda h: nll_loss(head(h), targets, mask, normalize=normalize),
+                    lambda h: head_nll_loss(h, head, targets, mask, normalize, logits_per_chunk)):
+        head.zero_grad()
+        h = hidden.clone().requires_grad_()
+        loss = loss_fn(h)
+        loss.backward()
+        results.append((loss.detach(), h.grad, head.weight.grad.clone()))
+    for expected, got in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    nll_sum, n_tokens = head_sequence_nll(hidden, head, targets, mask, logits_per_chunk)
+    expected_sum, expected_tokens = sequence_nll(head(hidden), targets, mask)
+    torch.testing.assert_close(nll_sum, expected_sum.detach(), rtol=1e-10, atol=1e-12)
+    assert torch.equal(n_tokens, expected_tokens)
+
+
+@given(head_cases())
+def test_head_sequence_stats_are_the_full_logits_numbers_of_evaluation(case):
+    """Evaluation's per-example NLL (written-out path), counted tokens and argmax hits, from the
+    counted rows only, equal what full logits give."""
+    hidden, head, targets, mask, logits_per_chunk = case
+    nll_sum, n_tokens, correct = head_sequence_stats(hidden, head, targets, mask, logits_per_chunk)
+    with torch.no_grad():
+        logits = head(hidden)
+    expected_sum, expected_tokens = sequence_nll(logits, targets, mask)
+    torch.testing.assert_close(nll_sum, expected_sum, rtol=1e-12, atol=1e-12)
+    assert torch.equal(n_tokens, expected_tokens)
+    assert torch.equal(correct, ((logits.argmax(-1) == targets) & mask).sum(dim=1))
+
+
+def test_head_sequence_nll_computes_logits_for_counted_rows_only_and_a_batch_without_any_still_backpropagates():
+    hidden = torch.randn(3, 5, 4, requires_grad=True)
+    head = torch.nn.Linear(4, 7, bias=False)
+    rows_seen = []
+    head.register_forward_hook(lambda module, inputs, output: rows_seen.append(inputs[0].size(0)))
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    mask[0, 1:3] = mask[2, 4] = True
+    head_sequence_nll(hidden, head, torch.zeros(3, 5, dtype=torch.long), mask, logits_per_chunk=2 * 7)
+    assert rows_seen == [2, 1]  # 3 counted rows in chunks of 2: never the 12 uncounted ones
+    nll_sum, n_tokens = head_sequence_nll(hidden, head, torch.full((3, 5), -1), torch.zeros(3, 5))
+    nll_sum.sum().backward()  # a micro-batch with nothing to learn adds zero gradient, not an error
+    assert nll_sum.tolist() == [0.0] * 3 and n_tokens.tolist() == [0] * 3
+    assert hidden.grad.abs().sum() == 0 and head.weight.grad.abs().sum() == 0
+
+
+def test_head_loss_bad_input_raises_a_clear_error():
+    hidden, head = torch.randn(2, 3, 4), torch.nn.Linear(4, 5)
+    targets = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"hidden must be \(B, T, C\)"):
+        head_sequence_nll(hidden[0], head, targets)
+    with pytest.raises(ValueError, match=r"counted target id 5 is outside the vocabulary \[0, 5\)"):
+        head_sequence_nll(hidden, head, torch.tensor([[0, 1, 2], [3, 4, 5]]))
+    with pytest.raises(ValueError, match="no position is counted"):
+        head_nll_loss(hidden, head, targets, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        head_nll_loss(hidden, head, targets, normalize="mean")
 
 
 # -- the worked example -------------------------------------------------------------------------

