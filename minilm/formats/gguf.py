@@ -55,7 +55,10 @@ def default_gguf_path() -> Path:
 
 
 def _reader(path):
+    """A GGUFReader of path; an open reader is passed through (opening one parses all the metadata)."""
     import gguf
+    if isinstance(path, gguf.GGUFReader):
+        return path
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such GGUF file")
     return gguf.GGUFReader(path)
@@ -230,7 +233,8 @@ def _dequantised(reader, config: ModelConfig) -> dict[str, torch.Tensor]:
 
 
 def load_gguf(path, dtype: torch.dtype = torch.float32):
-    """A GPT (eval mode) with the weights of a llama GGUF file, dequantised to fp32, then cast to dtype."""
+    """A GPT (eval mode) with the weights of a llama GGUF file (a path or an open gguf.GGUFReader),
+    dequantised to fp32, then cast to dtype."""
     from minilm.model import GPT
     reader = _reader(path)
     config = _config_from_reader(reader)
