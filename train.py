@@ -48,8 +48,8 @@ def stage_tokenizer(cfg: RunConfig, opts: dict, dist, log) -> None:
 
 def stage_pretrain(cfg: RunConfig, opts: dict, dist, log) -> None:
     from minilm.stages import import_base, run_pretrain
-    if cfg.init:
-        log(f"pretrained: {import_base(cfg, dist, log)}")
+    if cfg.init:  # a pretrained base: its weights are imported, not trained
+        import_base(cfg, dist, log)
     else:
         run_pretrain(cfg, dist, resume=opts["resume"], log=log)
 

@@ -216,11 +216,8 @@ def import_base(cfg: RunConfig, dist: DistInfo = DistInfo(), log=print) -> str:
     tok = ensure_tokenizer(cfg, dist, log)
     description = describe(base)
     if dist.is_main:
-        log(f"pretrain: skipped; loading the base {description} from {base.path}")
+        log(f"pretrained: {description} (pretraining skipped; the weights of {base.path})")
         model = load_base_model(base, cfg.model)
-        if tok.vocab_size > cfg.model.vocab_size:
-            raise ConfigError(f"the tokenizer has {tok.vocab_size} tokens but the base's embedding only "
-                              f"{cfg.model.vocab_size}; the base and its tokenizer do not belong together")
         ckpt.save_weights(Path(cfg.out_dir) / "pretrain" / ckpt.MODEL_FILE,
                           ckpt.trainable_state(model, trainable_only=False), cfg.model,
                           {"tokenizer_sha256": tokenizer_fingerprint(tok), "pretrained": description})

@@ -154,6 +154,25 @@ def test_a_model_config_other_than_the_bases_is_one_line(tiny_gguf, tmp_path, ca
     assert error.count("\n") == 1 and "n_layer=3 (base: 2)" in error and "pass --n_layer 2 --n_kv_head 2" in error
 
 
+def test_a_hugging_face_directory_is_a_base_too(tiny_gguf, tmp_path):
+    from minilm.formats.llama_hf import save_hf_llama
+    from minilm.pretrained import load_base_model, load_base_tokenizer
+    model = load_gguf(tiny_gguf)
+    directory = save_hf_llama(model, tmp_path / "tiny-hf")
+    CHAT_TOK.save_hf(directory / "tokenizer.json")
+    base = resolve_init(str(directory))
+    loaded, tok = load_base_model(base, TINY_LLAMA), load_base_tokenizer(base)
+    idx = torch.randint(0, TINY_LLAMA.vocab_size, (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx), model(idx))
+    text = "def f(a, b):\n    return a + b  # 12"
+    assert tok.encode(text) == CHAT_TOK.encode(text) and tok.special_tokens == CHAT_TOK.special_tokens
+    assert describe(base) == "tiny-hf, Hugging Face Llama directory, loaded as fp32"
+    (directory / "tokenizer.json").unlink()
+    with pytest.raises(ConfigError, match="needs config.json and tokenizer.json"):
+        resolve_init(str(directory))
+
+
 # ---------------------------------------------------------------- stage keys with a base
 def test_with_a_base_the_import_stages_key_on_its_file_not_on_training_fields(tiny_gguf, tmp_path):
     cfg = dataclasses.replace(PRESETS["tiny"], model=TINY_LLAMA, init=str(tiny_gguf), out_dir=str(tmp_path))
