@@ -4,10 +4,15 @@
     python sample.py --run RUN_DIR --prompt "def fibonacci(n):" --temperature 0.8 --num_samples 3
     python sample.py --run RUN_DIR --task_file tasks/test_seen.jsonl --task_id test_seen/3 --check
     python sample.py --run RUN_DIR --interactive            # one task per line on stdin
+    python sample.py --init smollm2 --task "reverse a list"  # a pretrained base, no run needed
+    python sample.py --init smollm2 --prompt "def fib(n):"   # raw text, no chat format
 
 Tokens are printed as they are sampled (KV-cached generation, UTF-8-safe stream decoding).
 Greedy decoding by default (--temperature 0); --stage picks the pretrained or the fine-tuned model
 (default: fine-tuned when the run has one; a LoRA adapter is applied to its base and merged).
+--init samples a pretrained base as it ships (minilm/pretrained.py: "smollm2", a .gguf file or a
+Hugging Face Llama directory): a task goes in the base's chat format, the same prompt a run built
+on it is evaluated with; --prompt is continued as raw text.
 """
 from __future__ import annotations
 
@@ -24,6 +29,14 @@ def load_model(run_dir: str, stage: str = "auto", device: str = "cpu"):
     """(model, tokenizer) of a run directory; see minilm.checkpoint for the layout."""
     from minilm.checkpoint import load_run
     return load_run(run_dir, stage=None if stage == "auto" else stage, device=device)
+
+
+def load_base(init: str, device: str = "cpu"):
+    """(model, tokenizer) of a pretrained base as it ships (--init)."""
+    from minilm.pretrained import load_base_model, load_base_tokenizer, resolve_init
+    base = resolve_init(init)
+    tok = load_base_tokenizer(base)
+    return load_base_model(base).to(device), tok
 
 
 def stream_completion(model, tok, prompt_ids: list[int], max_new_tokens: int, temperature: float,
@@ -69,7 +82,10 @@ def check(task: dict, code: str, timeout: float) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", required=True, help="run directory (train.py --out_dir)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", help="run directory (train.py --out_dir)")
+    model.add_argument("--init", help="a pretrained base instead of a run: smollm2, a .gguf file or a "
+                                      "Hugging Face Llama directory")
     parser.add_argument("--stage", default="auto", choices=["auto", "pretrain", "finetune"])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--task", help="a task description; the model writes the code")
@@ -91,6 +107,8 @@ def parse_args(argv=None):
         parser.error("--task_file needs --task_id")
     if args.check and not args.task_file:
         parser.error("--check needs a task with tests: use --task_file F --task_id ID")
+    if args.init is not None and args.stage != "auto":
+        parser.error("--stage picks a stage of a --run; --init samples the base as it ships")
     if args.num_samples < 1 or args.max_new_tokens < 1:
         parser.error("--num_samples and --max_new_tokens must be at least 1")
     return args
@@ -102,7 +120,7 @@ def main(argv=None) -> int:
         if args.task is not None and not args.task.strip():
             raise ConfigError("the task is empty; describe the function to write")
         task = find_task(args.task_file, args.task_id) if args.task_file else None
-        model, tok = load_model(args.run, args.stage, args.device)
+        model, tok = load_base(args.init, args.device) if args.init else load_model(args.run, args.stage, args.device)
 
         def sample(prompt_ids, task=None):
             for i in range(args.num_samples):

@@ -1,6 +1,7 @@
 """minilm's entry point: train a tokenizer, pretrain on code, fine-tune on tasks.
 
     python train.py --config small                              # the whole pipeline
+    python train.py --config smollm2                            # LoRA on the pretrained SmolLM2-135M
     python train.py --config tiny --stage pretrain --max_iters 50 --out_dir runs/try
     python train.py --config small --stage finetune --finetune top_k --top_k_layers 2
     python train.py --config small --resume                      # continue a killed or stopped run
@@ -15,6 +16,10 @@ Options besides the config overrides (`--key value` for any RunConfig / ModelCon
 
 A finished stage is reused, not redone, while its inputs are unchanged (minilm/pipeline.py keeps
 their keys and wall times in RUN_DIR/stages.json).
+
+With --init (a pretrained base: smollm2, a .gguf file or a Hugging Face Llama directory; the
+smollm2 preset sets it) the tokenizer stage imports the base's tokenizer and the pretrain stage
+its weights instead of training them (minilm/pretrained.py); fine-tuning and evaluation are the same.
 
 Each stage is one function taking the RunConfig (and the options) that delegates to a minilm
 module; adding a stage is one function and one entry in STAGES. The run-directory layout is in
@@ -42,8 +47,11 @@ def stage_tokenizer(cfg: RunConfig, opts: dict, dist, log) -> None:
 
 
 def stage_pretrain(cfg: RunConfig, opts: dict, dist, log) -> None:
-    from minilm.stages import run_pretrain
-    run_pretrain(cfg, dist, resume=opts["resume"], log=log)
+    from minilm.stages import import_base, run_pretrain
+    if cfg.init:  # a pretrained base: its weights are imported, not trained
+        import_base(cfg, dist, log)
+    else:
+        run_pretrain(cfg, dist, resume=opts["resume"], log=log)
 
 
 def stage_finetune(cfg: RunConfig, opts: dict, dist, log) -> None:

@@ -9,10 +9,15 @@ finishes, RUN_DIR/stages.json records its key and wall time. Next time the stage
 key is unchanged, so changing a fine-tuning option redoes fine-tuning and evaluation but not
 pretraining. `--force` redoes a stage whatever its key.
 
+With a pretrained base (`--init`, minilm/pretrained.py) the tokenizer stage imports the base's
+tokenizer and the pretrain stage its weights; their keys are then the base's files and the model
+config, and the training fields they would otherwise read change nothing.
+
 The eval stage scores the model before fine-tuning (the pretrained weights) and after it on the
-held-out splits, by running the generated code (minilm.evaluate), and writes RUN_DIR/report.json
-and report.md: pass@1 per split and task kind before/after, the pretraining validation bits per
-byte, the wall time of each stage and the device.
+held-out splits, by running the generated code (minilm.evaluate), and, with eval_humaneval, on
+HumanEval (minilm.humaneval, greedy pass@1); it writes RUN_DIR/report.json and report.md: pass@1
+per split and task kind before/after, HumanEval before/after, the pretraining validation bits per
+byte (or the base the run starts from), the wall time of each stage and the device.
 """
 from __future__ import annotations
 
@@ -37,11 +42,22 @@ STAGE_FIELDS = {
                  "eval_iters", "patience"),
     "finetune": ("task_seed", "seed", "dtype", "eval_max_new_tokens", "finetune", "ft_max_iters", "ft_batch_size",
                  "ft_lr", "ft_warmup_iters", "ft_eval_interval", "ft_grad_accum", "ft_group_by_length",
-                 "ft_metric", "ft_pass_tasks", "ft_neftune_alpha", "lora_r", "lora_alpha", "lora_dropout",
+                 "ft_metric", "ft_pass_tasks", "ft_eval_tasks", "ft_neftune_alpha", "lora_r", "lora_alpha", "lora_dropout",
                  "lora_targets", "loraplus_ratio", "top_k_layers", "weight_decay", "beta1", "beta2", "grad_clip",
                  "patience"),
-    "eval": ("task_seed", "eval_max_new_tokens", "eval_tasks_per_split"),
+    "eval": ("task_seed", "eval_max_new_tokens", "eval_tasks_per_split", "eval_humaneval",
+             "eval_humaneval_problems", "eval_humaneval_max_new_tokens"),
 }
+# With a pretrained base (init set), the two stages that import it read only this much of the
+# config, plus the base's files (pretrained.fingerprint). Later stages see the base through the
+# files it left (tokenizer.json, pretrain/model.safetensors).
+IMPORT_FIELDS = {"tokenizer": ("init",), "pretrain": ("init", "model")}
+# Fields keyed otherwise: task_train_size through the task suite's fingerprint (stage_key), and
+# those no stage's result depends on (where files go, how often to log or checkpoint, the device).
+# Every RunConfig field is in STAGE_FIELDS, IMPORT_FIELDS or here (tests/test_pipeline.py checks
+# it), so a new field has to be placed.
+UNKEYED_FIELDS = ("task_train_size", "out_dir", "data_dir", "device", "compile", "log_interval", "ckpt_interval",
+                  "peak_flops")
 # The files a stage's result depends on: the outputs of the stages before it.
 STAGE_INPUTS = {
     "tokenizer": (),
@@ -59,18 +75,30 @@ def _field(config: dict, dotted: str):
     return config
 
 
+def stage_fields(cfg: RunConfig, stage: str) -> tuple[str, ...]:
+    """The config fields a stage reads: STAGE_FIELDS, or IMPORT_FIELDS when it imports a base."""
+    return IMPORT_FIELDS[stage] if cfg.init and stage in IMPORT_FIELDS else STAGE_FIELDS[stage]
+
+
 def stage_key(cfg: RunConfig, stage: str) -> str:
     """Hash of what the stage reads: its config fields and the files of the stages before it."""
     config = to_dict(cfg)
     run_dir = Path(cfg.out_dir)
     inputs = {
-        "config": {name: _field(config, name) for name in STAGE_FIELDS[stage]},
+        "config": {name: _field(config, name) for name in stage_fields(cfg, stage)},
         "files": {name: ckpt.file_sha256(run_dir / name) for name in STAGE_INPUTS[stage]
                   if (run_dir / name).is_file()},
     }
+    if cfg.init and stage in IMPORT_FIELDS:  # the base's own files (a missing one: the stage says so)
+        from minilm.config import ConfigError
+        from minilm.pretrained import fingerprint, resolve_init
+        try:
+            inputs["base"] = fingerprint(resolve_init(cfg.init))
+        except ConfigError:
+            inputs["base"] = None
     # A stage that reads the task suite also keys on its content, so a change to the generator's
     # code (a new family, phrasing or weight) redoes it; pretraining reads it only through the mix.
-    if stage in ("finetune", "eval") or (stage == "pretrain" and cfg.pretrain_task_mix > 0):
+    if stage in ("finetune", "eval") or (stage == "pretrain" and cfg.pretrain_task_mix > 0 and not cfg.init):
         from minilm.tasks import suite_fingerprint
         inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size)
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
@@ -177,10 +205,14 @@ def report_markdown(report: dict) -> str:
     def pct(value):
         return "-" if value is None else f"{100 * value:.1f}%"
 
+    if report.get("pretrained"):
+        start = f"- pretrained: {report['pretrained']}"
+    else:
+        start = (f"- pretraining validation: {report['pretrain_val_bits_per_byte']:.3f} bits per byte "
+                 "(held-out stdlib files)")
     lines = [f"# minilm run report: {report['run_dir']}", "",
              f"- device: {report['device']}, model: " + ", ".join(f"{k}={v}" for k, v in report["model_config"].items()),
-             f"- pretraining validation: {report['pretrain_val_bits_per_byte']:.3f} bits per byte "
-             f"(held-out stdlib files)",
+             start,
              "- wall time: " + ", ".join(f"{s} {t:.0f} s" for s, t in report["stage_seconds"].items())
              + f" (total {sum(report['stage_seconds'].values()):.0f} s)", "",
              "| split | kind | tasks | before fine-tuning | after fine-tuning |", "|---|---|---|---|---|"]
@@ -191,6 +223,10 @@ def report_markdown(report: dict) -> str:
             label = "generate + repair" if kind == "all" else kind
             lines.append(f"| {split} | {label} ({name}) | {row['tasks']} | {pct(row[metric + '_before'])} | "
                          f"{pct(row[metric + '_after'])} |")
+    if report.get("humaneval"):
+        row = report["humaneval"]
+        lines.append(f"| HumanEval | {row['format']} prompt, greedy (pass@1) | {row['problems']} | "
+                     f"{pct(row['pass@1_before'])} | {pct(row['pass@1_after'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -204,10 +240,13 @@ def run_eval(cfg: RunConfig, log=print) -> dict:
     tasks = eval_tasks(cfg)
     log(f"eval: {len(tasks)} held-out tasks ({cfg.eval_tasks_per_split} per split of "
         f"{', '.join(EVAL_SPLITS)}), greedy decoding, generated code run in a sandbox")
-    reports, groups = {}, {}
+    pretrained = pretrained_description(run_dir / "pretrain" / ckpt.MODEL_FILE)
+    reports, groups, humaneval = {}, {}, {}
     for stage in ("pretrain", "finetune"):
         model, tok = ckpt.load_run(run_dir, stage=stage, device=device)
-        if stage == "pretrain":
+        if stage == "pretrain" and pretrained:
+            log(f"eval: pretrained: {pretrained}")
+        elif stage == "pretrain":
             bpb = pretrain_bits_per_byte(cfg, model, tok, log)
             log(f"eval: pretrained model, validation {bpb:.3f} bits per byte")
         records = evaluate_model(model, tok, tasks, cfg.eval_max_new_tokens)
@@ -215,15 +254,51 @@ def run_eval(cfg: RunConfig, log=print) -> dict:
         write_report(reports[stage], run_dir / "eval", stage)
         groups[stage] = _by_split_and_kind(records)
         log(f"eval: {stage} pass@1 {reports[stage]['summary']['overall'].get('pass@1', 0.0):.3f}")
+        if cfg.eval_humaneval:
+            humaneval[stage] = run_humaneval(cfg, model, tok, stage, log)
     write_comparison(reports["pretrain"], reports["finetune"], run_dir / "eval",
                      labels=("before fine-tuning", "after fine-tuning"))
     report = {
         "run_dir": str(run_dir), "device": str(device), "model_config": to_dict(cfg)["model"],
-        "pretrain_val_bits_per_byte": bpb,
+        **({"pretrained": pretrained} if pretrained else {"pretrain_val_bits_per_byte": bpb}),
         "isolation": reports["finetune"]["meta"]["isolation"],
         "results": split_kind_table(groups["pretrain"], groups["finetune"], tasks),
         "examples": _examples(tasks, reports["finetune"]["records"]),
     }
+    if humaneval:
+        meta = humaneval["finetune"]["meta"]
+        report["humaneval"] = {"problems": meta["tasks"], "format": meta["format"],
+                               "max_new_tokens": meta["max_new_tokens"],
+                               **{f"pass@1_{when}": humaneval[stage]["summary"]["overall"].get("pass@1")
+                                  for when, stage in (("before", "pretrain"), ("after", "finetune"))}}
+    return report
+
+
+def pretrained_description(weights) -> str:
+    """What a run's pretrained weights are when they were imported, not trained (minilm.stages.
+    import_base records it in the file's metadata, e.g. "SmolLM2-135M-Instruct, Q4_1 GGUF,
+    dequantised to fp32"); "" for weights pretrained here."""
+    from safetensors import safe_open
+    with safe_open(str(weights), framework="pt") as f:
+        return (f.metadata() or {}).get("pretrained", "")
+
+
+def run_humaneval(cfg: RunConfig, model, tok, stage: str, log=print) -> dict:
+    """Greedy pass@1 on HumanEval (the first eval_humaneval_problems, or all 164), in the chat format
+    for a ChatML tokenizer and as a plain code prefix otherwise; eval/humaneval_{stage}.json and .md."""
+    from minilm import humaneval as he
+    from minilm.evaluate import build_report
+    from minilm.metrics import write_report
+    problems = he.load_problems()
+    problems = problems[:cfg.eval_humaneval_problems] if cfg.eval_humaneval_problems else problems
+    prompt_format, render_chat = he.prompt_format(tok)
+    records = he.evaluate_humaneval(model, tok, prompt_format, render_chat=render_chat, problems=problems,
+                                    max_new_tokens=cfg.eval_humaneval_max_new_tokens)
+    report = build_report(records, label=stage, benchmark="humaneval", format=prompt_format,
+                          max_new_tokens=cfg.eval_humaneval_max_new_tokens)
+    write_report(report, Path(cfg.out_dir) / "eval", "humaneval_" + stage)
+    log(f"eval: {stage} HumanEval pass@1 {report['summary']['overall'].get('pass@1', 0.0):.3f} "
+        f"({len(problems)} problems, {prompt_format} prompt)")
     return report
 
 

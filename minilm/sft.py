@@ -132,9 +132,12 @@ class Format:
 
     def render(self, tok, task: dict, with_target: bool = True) -> tuple[list[int], list[int]]:
         """Token ids and loss mask; without the target: the prompt given at generation time."""
+        return self.encode_segments(tok, self.segments(task, with_target))
+
+    def encode_segments(self, tok, segments: list[tuple[str, int]]) -> tuple[list[int], list[int]]:
         ids_of = self.special_ids(tok)
         ids, loss_mask = [], []
-        for piece, is_target in self.segments(task, with_target):
+        for piece, is_target in segments:
             piece_ids = [ids_of[piece]] if isinstance(piece, Special) else tok.encode(piece)
             ids += piece_ids
             loss_mask += [is_target] * len(piece_ids)
@@ -181,15 +184,19 @@ class ChatFormat(Format):
         return messages
 
     def segments(self, task, with_target):
-        pieces = []
-        for message in self.messages(task, with_target=False):  # the system and user turns
-            # A header and its text are one piece, as the tokenizer reads the template's text.
-            pieces += [(Special(IM_START), 0), (f"{message['role']}\n{message['content']}", 0),
-                       (Special(IM_END), 0), ("\n", 0)]
-        pieces += [(Special(IM_START), 0), ("assistant\n", 0)]  # the prompt ends here
+        pieces = self.conversation(self.messages(task, with_target=False))  # the system and user turns
         if with_target:
             pieces += [(target_text(task), 1), (Special(IM_END), 1), ("\n", 0)]
         return pieces
+
+    def conversation(self, messages: Sequence[dict]) -> list[tuple[str, int]]:
+        """Segments of the messages' turns, then the opened assistant turn (the prompt ends there)."""
+        pieces = []
+        for message in messages:
+            # A header and its text are one piece, as the tokenizer reads the template's text.
+            pieces += [(Special(IM_START), 0), (f"{message['role']}\n{message['content']}", 0),
+                       (Special(IM_END), 0), ("\n", 0)]
+        return pieces + [(Special(IM_START), 0), ("assistant\n", 0)]
 
     def stop_ids(self, tok) -> list[int]:
         """Every special token of the model ends a completion: <|im_end|> closes the answer,
@@ -232,6 +239,16 @@ def render_prompt(tok, task: dict, fmt: Optional[Format] = None) -> list[int]:
     Only the prompt's fields are needed (a generate task without "code" is fine).
     """
     return (fmt or format_for(tok)).render(tok, task, with_target=False)[0]
+
+
+def render_chat_prompt(tok, messages: Sequence[dict], fmt: Optional[ChatFormat] = None) -> list[int]:
+    """Chat messages ({"role", "content"}) in ChatML up to the opened assistant turn, as the model's
+    chat template writes them with add_generation_prompt; fmt.system's line first when the messages
+    have no system turn (SmolLM2's template does the same with its own line)."""
+    fmt = fmt or ChatFormat()
+    if not messages or messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": fmt.system}, *messages]
+    return fmt.encode_segments(tok, fmt.conversation(messages))[0]
 
 
 def stop_token_ids(tok, fmt: Optional[Format] = None) -> list[int]:

@@ -2,6 +2,9 @@
 
     pretrain:  tokenizer (trained if RUN_DIR has none) -> corpus -> token files -> Trainer,
                per-token loss, early stopping on val_loss -> RUN_DIR/pretrain/model.safetensors
+    import:    with --init (a pretrained base, minilm/pretrained.py), in place of pretraining: the
+               base's tokenizer -> RUN_DIR/tokenizer.json, its weights in fp32 -> the same
+               RUN_DIR/pretrain/model.safetensors, the base named in the file's metadata
     finetune:  RUN_DIR/pretrain/model.safetensors -> LoRA / full / top-k layers -> Trainer on the
                task suite, per-example loss, early stopping on ft_metric -> RUN_DIR/finetune/...
 
@@ -107,17 +110,18 @@ def task_suite(cfg: RunConfig) -> dict:
 
 
 def ensure_tokenizer(cfg: RunConfig, dist: DistInfo = DistInfo(), log=print):
-    """RUN_DIR/tokenizer.json, trained on the corpus's train split first if the run has none."""
-    from minilm.corpus import build_corpus
-    from minilm.sft import SPECIAL_TOKENS
+    """RUN_DIR/tokenizer.json: if the run has none, the base's (with --init) or one trained on the
+    corpus's train split."""
     from minilm.tokenizer import Tokenizer, TokenizerFileError
     path = Path(cfg.out_dir) / ckpt.TOKENIZER_FILE
     if not path.is_file() and dist.is_main:
-        corpus = build_corpus(cfg.corpus, cfg.corpus_max_bytes)
-        log(f"tokenizer: training a {cfg.model.vocab_size}-token BPE ({cfg.tokenizer_backend}) on "
-            f"{corpus.n_bytes('train'):,} bytes")
-        tok = Tokenizer.train(list(corpus.texts("train")), cfg.model.vocab_size, special_tokens=SPECIAL_TOKENS,
-                              pattern=cfg.tokenizer_pattern, backend=cfg.tokenizer_backend)
+        if cfg.init:
+            from minilm.pretrained import load_base_tokenizer, resolve_init
+            base = resolve_init(cfg.init)
+            log(f"tokenizer: imported from {base.path} (not trained)")
+            tok = load_base_tokenizer(base)
+        else:
+            tok = _train_tokenizer(cfg, log)
         with ckpt.atomic_path(path) as tmp:
             tok.save(str(tmp))
     barrier(dist)
@@ -129,6 +133,17 @@ def ensure_tokenizer(cfg: RunConfig, dist: DistInfo = DistInfo(), log=print):
         raise ConfigError(f"{path} has {tok.vocab_size} tokens but the model only {cfg.model.vocab_size}; "
                           f"use --vocab_size {tok.vocab_size} or delete the tokenizer to retrain it")
     return tok
+
+
+def _train_tokenizer(cfg: RunConfig, log=print):
+    from minilm.corpus import build_corpus
+    from minilm.sft import SPECIAL_TOKENS
+    from minilm.tokenizer import Tokenizer
+    corpus = build_corpus(cfg.corpus, cfg.corpus_max_bytes)
+    log(f"tokenizer: training a {cfg.model.vocab_size}-token BPE ({cfg.tokenizer_backend}) on "
+        f"{corpus.n_bytes('train'):,} bytes")
+    return Tokenizer.train(list(corpus.texts("train")), cfg.model.vocab_size, special_tokens=SPECIAL_TOKENS,
+                           pattern=cfg.tokenizer_pattern, backend=cfg.tokenizer_backend)
 
 
 def _save_config(cfg: RunConfig, dist: DistInfo) -> None:
@@ -189,6 +204,29 @@ def run_pretrain(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
     return trainer.fit(resume=resume)
 
 
+def import_base(cfg: RunConfig, dist: DistInfo = DistInfo(), log=print) -> str:
+    """The pretraining stage of a run with --init: the base's weights, checked against cfg.model and
+    dequantised to fp32, written as RUN_DIR/pretrain/model.safetensors (which fine-tuning, evaluation
+    and sample.py read as they read pretrained weights); returns the base's description."""
+    from minilm.data import tokenizer_fingerprint
+    from minilm.pretrained import check_model_config, describe, load_base_model, resolve_init
+    _save_config(cfg, dist)
+    base = resolve_init(cfg.init)
+    check_model_config(base, cfg.model)  # before the tokenizer: a wrong preset fails at once
+    tok = ensure_tokenizer(cfg, dist, log)
+    description = describe(base)
+    if dist.is_main:
+        log(f"pretrained: {description} (pretraining skipped; the weights of {base.path})")
+        model = load_base_model(base, cfg.model)
+        ckpt.save_weights(Path(cfg.out_dir) / "pretrain" / ckpt.MODEL_FILE,
+                          ckpt.trainable_state(model, trainable_only=False), cfg.model,
+                          {"tokenizer_sha256": tokenizer_fingerprint(tok), "pretrained": description})
+        log(f"pretrain: {model.num_parameters() / 1e6:.1f}M parameters written to "
+            f"{cfg.out_dir}/pretrain/{ckpt.MODEL_FILE}")
+    barrier(dist)
+    return description
+
+
 # ------------------------------------------------------------------------------ fine-tuning
 def prepare_finetune_model(model, cfg: RunConfig, log=print) -> Optional[list]:
     """Make the wanted parameters trainable; return LoRA+ param groups (LoRA) or None."""
@@ -237,7 +275,8 @@ def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
     suite = task_suite(cfg)
     block = cfg.model.block_size
     train_examples = build_examples(tok, suite["train"], block)
-    val_examples = build_examples(tok, suite["valid"], block)
+    valid = suite["valid"][:cfg.ft_eval_tasks] if cfg.ft_eval_tasks else suite["valid"]
+    val_examples = build_examples(tok, valid, block)
     log(f"finetune data: {len(train_examples)} train / {len(val_examples)} valid examples "
         f"({train_examples.n_dropped + val_examples.n_dropped} longer than the context dropped)")
     pass_tasks = [t for t in suite["valid"] if t.get("kind", "generate") != "explain"][:cfg.ft_pass_tasks]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from minilm import pipeline
-from minilm.config import PRESETS
+from minilm.config import PRESETS, RunConfig
 from minilm.metrics import pass_at_k
 from minilm.sft import SPECIAL_TOKENS, build_examples
 from minilm.model import GPT
@@ -35,6 +35,14 @@ def test_a_stage_key_changes_only_with_what_the_stage_reads(tmp_path):
     assert pipeline.stage_key(wider, "pretrain") != keys["pretrain"]
     assert pipeline.stage_key(wider, "tokenizer") == keys["tokenizer"]
     assert pipeline.stage_key(tiny(tmp_path, log_interval=1), "pretrain") == keys["pretrain"]
+
+
+def test_every_config_field_is_keyed_by_a_stage_or_declared_unkeyed():
+    """A field no stage lists would change results without redoing the stage that reads it."""
+    fields_of = lambda table: {name.split(".")[0] for names in table.values() for name in names}  # noqa: E731
+    keyed = fields_of(pipeline.STAGE_FIELDS) | fields_of(pipeline.IMPORT_FIELDS)
+    assert not keyed & set(pipeline.UNKEYED_FIELDS)
+    assert keyed | set(pipeline.UNKEYED_FIELDS) == {f.name for f in dataclasses.fields(RunConfig)}
 
 
 def test_a_stage_key_follows_the_task_suite_where_the_stage_reads_it(tmp_path, monkeypatch):

