@@ -66,8 +66,8 @@ def resolve_init(init: str) -> Base:
 def _gguf_reader(path: Path):
     """One GGUFReader per file and process: opening one parses all its metadata (seconds for
     SmolLM2's 49k tokens), and the tokenizer and weights are read from the same reader."""
-    from minilm.formats.gguf_tokenizer import open_gguf
-    return open_gguf(str(path))[0]
+    from minilm.formats.gguf import open_gguf
+    return open_gguf(str(path))
 
 
 def _failing_as_config_error(base: Base, what: str, load):
