@@ -18,6 +18,7 @@ Batching generation (with the KV cache). A rotary model (position "rope", the Ll
 prompts of different lengths in one batch: sorted by length, left-padded, with an attention mask
 that hides the padding and positions that start at each row's first real token (GPT.forward). A
 model with learned absolute positions keeps batches of prompts of exactly equal length, unpadded.
+A row that emits a stop token leaves the batch (GPT.generate), so the others go on at its size.
 Either way greedy results equal one-prompt-at-a-time decoding (tests/test_evaluate.py checks it).
 
 Any file in the suite's JSONL schema can be scored: python -m minilm.evaluate --run RUN --task_file F

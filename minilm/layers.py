@@ -103,6 +103,12 @@ class KVCache:
         self.real[:, start:end] = real
         return self.real[:, :end]
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (indices), e.g. when the others have finished generating."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        if self.real is not None:
+            self.real = self.real[rows]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store this step's k, v (B, n_kv, T, hs) and return all keys and values so far."""
         start, end = self.length, self.length + k.size(2)

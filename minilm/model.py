@@ -162,7 +162,11 @@ class GPT(nn.Module):
                         top_k: Optional[int] = None, top_p: Optional[float] = None,
                         seed: Optional[int] = None, use_cache: bool = True,
                         attention_mask: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
-        """Yield each new token column (B,) as it is sampled; the streaming form of generate()."""
+        """Yield each new token column (B,) as it is sampled; the streaming form of generate().
+
+        The caller may send() a bool (B,) mask of the rows to go on with (generate() does when rows
+        stop): the others are dropped, cache included, and later columns hold the kept rows only.
+        """
         if idx.dim() == 1:
             idx = idx[None]
         B, P = idx.shape
@@ -194,9 +198,15 @@ class GPT(nn.Module):
         logits = self.lm_head(self(idx, cache, attention_mask, return_hidden=True)[:, -1])
         for step in range(max_new_tokens):
             next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-            yield next_token
+            keep = yield next_token
             if step == max_new_tokens - 1:
                 break
+            if keep is not None and not keep.all():  # finished rows cost nothing from here on
+                rows = keep.nonzero().squeeze(1)
+                next_token, tokens = next_token[rows], tokens[rows]
+                real = None if real is None else real[rows]
+                if cache is not None:
+                    cache.keep_rows(rows)
             end = P + step + 1
             tokens[:, end - 1] = next_token
             if cache is not None and cache.length < cache.max_len:
@@ -224,17 +234,24 @@ class GPT(nn.Module):
         self.eval()
         idx = idx[None] if idx.dim() == 1 else idx
         stop = torch.tensor(sorted(stop_tokens or []), device=idx.device, dtype=idx.dtype)
-        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        pad = torch.zeros_like(finished, dtype=idx.dtype)
+        active = torch.arange(idx.size(0), device=idx.device)  # the rows still generating
+        pad = torch.zeros(idx.size(0), dtype=idx.dtype, device=idx.device)  # a finished row's stop token
         out = [idx]
-        for token in self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache,
-                                          attention_mask):
-            token = torch.where(finished, pad, token)
-            out.append(token[:, None])
-            just_stopped = torch.isin(token, stop) & ~finished
-            pad = torch.where(just_stopped, token, pad)
-            finished |= just_stopped
-            if finished.all():
+        tokens = self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache,
+                                      attention_mask)
+        token = next(tokens)  # (rows still active,)
+        while True:
+            column = pad.clone()
+            column[active] = token
+            out.append(column[:, None])
+            stopped = torch.isin(token, stop)
+            pad[active[stopped]] = token[stopped]
+            active = active[~stopped]
+            if active.numel() == 0:
+                break
+            try:  # the stopped rows leave the batch: the steps after compute the others only
+                token = tokens.send(~stopped)
+            except StopIteration:  # max_new_tokens reached
                 break
         self.train(was_training)
         return torch.cat(out, dim=1)

@@ -260,6 +260,27 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(attention,
         assert torch.equal(together[row], alone), f"row {row} of lengths {lengths}"
 
 
+@given(seed=st.integers(0, 1000), lengths=st.lists(st.integers(1, 12), min_size=2, max_size=5))
+def test_rows_that_stop_leave_the_batch_and_the_others_go_on_as_alone(seed, lengths):
+    """A third of the vocabulary stops a row, so rows finish at different steps and drop out of
+    the batch; each row still produces what it produces alone, then repeats its stop token."""
+    model = make_model(seed, "sdpa", **LLAMA)
+    stops = list(range(0, 97, 3))
+    generator = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, 97, (n,), generator=generator) for n in lengths]
+    width = max(lengths)
+    idx = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        idx[row, width - len(prompt):], mask[row, width - len(prompt):] = prompt, 1
+    together = model.generate(idx, 20, temperature=0, stop_tokens=stops, attention_mask=mask)[:, width:]
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], 20, temperature=0, stop_tokens=stops)[0, len(prompt):]
+        assert torch.equal(together[row, :len(alone)], alone)
+        rest = together[row, len(alone):]  # after its stop token, while other rows go on
+        assert rest.numel() == 0 or (alone[-1].item() in stops and (rest == alone[-1]).all())
+
+
 def test_padding_must_be_on_the_left():
     model = make_model(0, position="rope")
     with pytest.raises(ValueError, match="pad prompts on the left"):
