@@ -145,7 +145,7 @@ def _sha256(path: Path, size: int, mtime_ns: int) -> str:
 def fingerprint(base: Base) -> dict[str, str]:
     """SHA-256 of each file of the base (cached while the file is unchanged): the stage keys'
     input, so another file under the same --init redoes the stages that read it."""
+    listed = ("config.json", "tokenizer.json", "model.safetensors.index.json")
     files = [base.path] if base.kind == "gguf" else sorted(
-        p for p in base.path.iterdir() if p.is_file() and (p.suffix == ".safetensors" or p.name in
-                                                           ("config.json", "tokenizer.json", "model.safetensors.index.json")))
+        p for p in base.path.iterdir() if p.is_file() and (p.suffix == ".safetensors" or p.name in listed))
     return {p.name: _sha256(p, p.stat().st_size, p.stat().st_mtime_ns) for p in files}

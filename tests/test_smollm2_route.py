@@ -104,7 +104,8 @@ def test_the_pretrained_weights_are_the_bases_and_nothing_was_trained(finished_r
         assert torch.equal(model(idx), load_gguf(tiny_gguf)(idx))
     assert not (out / "pretrain" / "metrics.jsonl").exists() and not (out / "pretrain" / "checkpoints").exists()
     assert "pretrained: tiny, F32 GGUF, dequantised to fp32" in log
-    assert pipeline.pretrained_description(out / "pretrain" / "model.safetensors") == "tiny, F32 GGUF, dequantised to fp32"
+    description = pipeline.pretrained_description(out / "pretrain" / "model.safetensors")
+    assert description == "tiny, F32 GGUF, dequantised to fp32"
 
 
 def test_fine_tuning_leaves_a_peft_adapter_that_changes_the_model(finished_run):
