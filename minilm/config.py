@@ -213,6 +213,10 @@ PRESETS: dict[str, RunConfig] = {
     #   - not kept: training-only paraphrases of the what phrases, written blind to the held-out ones,
     #     on 43% of train tasks 89/65/59%, on 22% 88/66/72%: new what phrases gained up to 12 points,
     #     but test_seen and new frames lost as much.
+    #   - on a CPU without native bf16 (fp32 everywhere, Muon's iteration too): a pretraining step takes
+    #     1.1-1.3 s (Zen 2, and Zen 4 with MINILM_NATIVE_BF16=0), so pretraining alone is ~15 minutes and
+    #     the preset does not fit 15 there. A cut schedule, 400 + 450 steps in fp32, gave 78/52/37% on
+    #     all 300 tasks (1.713 bits per byte): below the 90% / 40% targets, so not taken (README).
     "small": RunConfig(
         model=ModelConfig(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=256, position="rope"),
         out_dir="runs/small", dtype="fast", pretrain_task_mix=0.3, optimizer="muon", task_train_size=24000,
