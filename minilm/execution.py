@@ -123,22 +123,24 @@ def _probe(command_in: Callable[[str, list[str]], list[str]]) -> Optional[str]:
     return None
 
 
+def _start_problem(program: str, package: str, command) -> Optional[str]:
+    """None when `program` is installed and `command` starts a sandbox with it, else why not."""
+    if shutil.which(program) is None:
+        return f"{package} is not installed"
+    problem = _probe(command)
+    return problem and f"{program} failed to start: {problem}"
+
+
 @lru_cache(maxsize=None)
 def _bwrap_problem() -> Optional[str]:
     """None when bubblewrap can start a sandbox here, else why it cannot (probed once)."""
-    if shutil.which("bwrap") is None:
-        return "bwrap is not installed"
-    problem = _probe(_bwrap_command)
-    return problem and f"bwrap failed to start: {problem}"
+    return _start_problem("bwrap", "bwrap", _bwrap_command)
 
 
 @lru_cache(maxsize=None)
 def _unshare_problem() -> Optional[str]:
     """None when unshare's namespaces and our mounts work here (user namespaces may be off)."""
-    if shutil.which("unshare") is None:
-        return "unshare (util-linux) is not installed"
-    problem = _probe(_unshare_command)
-    return problem and f"unshare failed to start: {problem}"
+    return _start_problem("unshare", "unshare (util-linux)", _unshare_command)
 
 
 def isolation_problem(isolation: str) -> Optional[str]:
