@@ -146,6 +146,12 @@ class RunConfig:
     # evaluation
     eval_max_new_tokens: int = 128
     eval_tasks_per_split: int = 100
+    # prompts generated at once (left-padded, one KV cache): larger batches cost less per token
+    # until padding and the cache's memory outweigh it
+    eval_batch_size: int = 16
+    # also the teacher-forced loss and token accuracy of each task's answer (a forward pass per
+    # task: cheap for small, minutes for a 135M model over 900 tasks)
+    eval_teacher_forcing: bool = True
     eval_humaneval: bool = False  # also HumanEval, greedy pass@1 before and after (minilm/humaneval.py)
     eval_humaneval_problems: int = 0  # the first N of its 164 problems; 0 = all
     eval_humaneval_max_new_tokens: int = 384

@@ -45,7 +45,8 @@ STAGE_FIELDS = {
                  "ft_metric", "ft_pass_tasks", "ft_eval_tasks", "ft_neftune_alpha", "lora_r", "lora_alpha",
                  "lora_dropout", "lora_targets", "loraplus_ratio", "top_k_layers", "weight_decay", "beta1", "beta2", "grad_clip",
                  "patience"),
-    "eval": ("task_seed", "eval_max_new_tokens", "eval_tasks_per_split", "eval_humaneval",
+    "eval": ("task_seed", "eval_max_new_tokens", "eval_tasks_per_split", "eval_batch_size",
+             "eval_teacher_forcing", "eval_humaneval",
              "eval_humaneval_problems", "eval_humaneval_max_new_tokens"),
 }
 # With a pretrained base (init set), the two stages that import it read only this much of the
@@ -249,7 +250,8 @@ def run_eval(cfg: RunConfig, log=print) -> dict:
         elif stage == "pretrain":
             bpb = pretrain_bits_per_byte(cfg, model, tok, log)
             log(f"eval: pretrained model, validation {bpb:.3f} bits per byte")
-        records = evaluate_model(model, tok, tasks, cfg.eval_max_new_tokens)
+        records = evaluate_model(model, tok, tasks, cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
+                                 with_teacher_forcing=cfg.eval_teacher_forcing)
         reports[stage] = build_report(records, label=stage, max_new_tokens=cfg.eval_max_new_tokens)
         write_report(reports[stage], run_dir / "eval", stage)
         groups[stage] = _by_split_and_kind(records)
@@ -293,7 +295,8 @@ def run_humaneval(cfg: RunConfig, model, tok, stage: str, log=print) -> dict:
     problems = problems[:cfg.eval_humaneval_problems] if cfg.eval_humaneval_problems else problems
     prompt_format, render_chat = he.prompt_format(tok)
     records = he.evaluate_humaneval(model, tok, prompt_format, render_chat=render_chat, problems=problems,
-                                    max_new_tokens=cfg.eval_humaneval_max_new_tokens)
+                                    max_new_tokens=cfg.eval_humaneval_max_new_tokens,
+                                    batch_size=cfg.eval_batch_size)
     report = build_report(records, label=stage, benchmark="humaneval", format=prompt_format,
                           max_new_tokens=cfg.eval_humaneval_max_new_tokens)
     write_report(report, Path(cfg.out_dir) / "eval", "humaneval_" + stage)

@@ -70,8 +70,8 @@ def run_options(gguf_path, out_dir) -> list[str]:
     return ["--config", "tiny", "--init", str(gguf_path), "--out_dir", str(out_dir), *model_options(TINY_LLAMA),
             "--task_train_size", "200", "--ft_max_iters", "2", "--ft_batch_size", "2", "--ft_eval_interval", "2",
             "--ft_eval_tasks", "4", "--lora_r", "4", "--peak_flops", "1e12",  # (no matmul timed for MFU)
-            "--eval_tasks_per_split", "1", "--eval_max_new_tokens", "8",
-            "--eval_humaneval", "true", "--eval_humaneval_problems", "2", "--eval_humaneval_max_new_tokens", "8"]
+            "--eval_tasks_per_split", "1", "--eval_max_new_tokens", "8", "--eval_batch_size", "2",
+            "--eval_teacher_forcing", "false", "--eval_humaneval", "true", "--eval_humaneval_problems", "2", "--eval_humaneval_max_new_tokens", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,8 @@ def test_the_report_names_the_base_and_has_humaneval_before_and_after(finished_r
     for stage in ("pretrain", "finetune"):
         records = json.loads((out / "eval" / f"humaneval_{stage}.json").read_text())["records"]
         assert [r["task_id"] for r in records] == ["HumanEval/0", "HumanEval/1"]
+        task_records = json.loads((out / "eval" / f"{stage}.json").read_text())["records"]
+        assert not any("tf_tokens" in r for r in task_records)  # --eval_teacher_forcing false: no forward pass
     markdown = (out / "report.md").read_text()
     assert "- pretrained: tiny, F32 GGUF, dequantised to fp32" in markdown
     assert "| HumanEval | chat prompt, greedy (pass@1) | 2 |" in markdown
