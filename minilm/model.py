@@ -21,7 +21,7 @@ minilm/loss.py turns them into the objective.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -221,7 +221,8 @@ class GPT(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  stop_tokens=None, seed: Optional[int] = None, use_cache: bool = True,
-                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 attention_mask: Optional[torch.Tensor] = None,
+                 stop_when: Optional[Callable[[int, list[int]], bool]] = None) -> torch.Tensor:
         """Continue idx (B, T) by up to max_new_tokens; returns (B, T + new).
 
         temperature 0 is greedy decoding. A row that emits one of stop_tokens is finished: it is
@@ -229,14 +230,20 @@ class GPT(nn.Module):
         Past the context length the model sees the last block_size tokens (left-truncation).
         Prompts of different lengths share a batch left-padded, with attention_mask (B, T) 1 at
         their real tokens (see forward): each row then continues as it would alone.
+        stop_when(row, new_ids) -> True also finishes a row (e.g. once its text is complete): it is
+        asked after each new token that is not a stop token, and the row is then padded with the
+        first of stop_tokens, so that a decoder cutting at stop tokens ends it there.
         """
         was_training = self.training
         self.eval()
         idx = idx[None] if idx.dim() == 1 else idx
         stop = torch.tensor(sorted(stop_tokens or []), device=idx.device, dtype=idx.dtype)
+        if stop_when is not None and stop.numel() == 0:
+            raise ValueError("stop_when needs stop_tokens: a row it finishes is padded with one")
         active = torch.arange(idx.size(0), device=idx.device)  # the rows still generating
         pad = torch.zeros(idx.size(0), dtype=idx.dtype, device=idx.device)  # a finished row's stop token
         out = [idx]
+        new_ids: list[list[int]] = [[] for _ in range(idx.size(0))]  # per row, for stop_when
         tokens = self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache,
                                       attention_mask)
         token = next(tokens)  # (rows still active,)
@@ -246,6 +253,13 @@ class GPT(nn.Module):
             out.append(column[:, None])
             stopped = torch.isin(token, stop)
             pad[active[stopped]] = token[stopped]
+            if stop_when is not None:
+                for row, (new_token, done) in enumerate(zip(token.tolist(), stopped.tolist())):
+                    ids = new_ids[int(active[row])]
+                    ids.append(new_token)
+                    if not done and stop_when(int(active[row]), ids):
+                        stopped[row] = True
+                        pad[active[row]] = stop[0]
             active = active[~stopped]
             if active.numel() == 0:
                 break

@@ -218,6 +218,58 @@ def test_reference_solutions_pass_and_wrong_ones_fail(tasks):
         assert record["statuses"] == ["crashed"] and "NameError" in record["details"][0]
 
 
+def test_a_fenced_answer_runs_as_its_block_and_the_prose_around_it_is_ignored(tasks):
+    code_tasks = [t for t in tasks if t["kind"] in ("generate", "repair")]
+    fenced = [[f"Here it is:\n```python\n{t['code']}\n```\nIt works because ... `x` ..."] for t in code_tasks]
+    assert all(r["statuses"] == ["passed"] for r in score_completions(code_tasks, fenced, timeout=5))
+
+
+@given(prose=st.text(alphabet="ab `\n", max_size=12), code=st.text(alphabet="xy =\n", max_size=12),
+       after=st.text(alphabet="ab `\n", max_size=12))
+def test_fence_closed_is_true_from_the_token_that_closes_the_first_block(tok, prose, code, after):
+    """Asked after every token of a reply, fence_closed turns true exactly at the first prefix whose
+    text holds two fences, whatever the tokenization (a fence may span tokens)."""
+    from minilm.evaluate import fence_closed
+    done = fence_closed(tok)
+    ids = tok.encode(prose + "```python\n" + code + "```" + after)
+    answers = [done(ids[:n]) for n in range(1, len(ids) + 1)]
+    expected = [tok.decode(ids[:n]).count("```") >= 2 for n in range(1, len(ids) + 1)]
+    first = expected.index(True)
+    assert answers[:first + 1] == expected[:first + 1]
+
+
+def test_generation_ends_a_code_answer_when_its_fenced_block_closes(tok, tasks, monkeypatch):
+    """A model that would write a fenced block, then prose, stops at the fence: the prose costs
+    no tokens, and the completion is the reply up to its closing fence."""
+    from minilm import evaluate
+    reply = tok.encode("```python\nx = 1\n```\nThis sets x to one, as you can see.")
+
+    class Scripted(torch.nn.Module):  # answers `reply`, token by token, whatever the prompt
+        config = ModelConfig(vocab_size=tok.vocab_size, block_size=192, n_layer=1, n_head=2, n_embd=32)
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, idx, max_new_tokens, stop_tokens=None, stop_when=None, **_):
+            rows = []
+            for row in range(idx.size(0)):
+                new = []
+                for token in reply[:max_new_tokens]:
+                    new.append(token)
+                    if stop_when is not None and stop_when(row, new):
+                        break
+                rows.append(new + [stop_tokens[0]] * (max_new_tokens - len(new)))
+            return torch.cat([idx, torch.tensor(rows)], dim=1)
+
+    code_task = next(t for t in tasks if t["kind"] == "generate")
+    explain_task = next(t for t in tasks if t["kind"] == "explain")
+    fenced, prose = evaluate.generate_completions(Scripted(), tok, [code_task, explain_task],
+                                                  max_new_tokens=len(reply) + 2)
+    assert fenced == [tok.decode(reply).split("\nThis")[0]]  # up to the closing fence
+    assert prose == [tok.decode(reply)]  # an explanation is prose: read to the end
+
+
 def test_evaluate_model_records_make_the_report(model, tok, tasks, tmp_path):
     recs = evaluate_model(model, tok, tasks, max_new_tokens=12, timeout=5)
     assert [r["task_id"] for r in recs] == [t["task_id"] for t in tasks]

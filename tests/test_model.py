@@ -281,6 +281,25 @@ def test_rows_that_stop_leave_the_batch_and_the_others_go_on_as_alone(seed, leng
         assert rest.numel() == 0 or (alone[-1].item() in stops and (rest == alone[-1]).all())
 
 
+@given(seed=st.integers(0, 1000), ends=st.lists(st.integers(1, 12), min_size=2, max_size=4))
+def test_stop_when_ends_a_row_where_the_rule_says_and_pads_it_with_a_stop_token(seed, ends):
+    """Row r's rule says stop after ends[r] new tokens: that row is what it is without the rule up
+    to there, then the first stop token; a row its stop tokens end first is unchanged."""
+    model = make_model(seed, "sdpa", **LLAMA)
+    stops = [5, 50]
+    idx = torch.randint(0, 97, (len(ends), 4), generator=torch.Generator().manual_seed(seed))
+    free = model.generate(idx, 16, temperature=0, stop_tokens=stops)[:, 4:]
+    ruled = model.generate(idx, 16, temperature=0, stop_tokens=stops,
+                           stop_when=lambda row, ids: len(ids) == ends[row])[:, 4:]
+    for row, end in enumerate(ends):
+        stopped_by_token = [i for i, t in enumerate(free[row].tolist()) if t in stops]
+        if stopped_by_token and stopped_by_token[0] < end:
+            assert torch.equal(ruled[row, :stopped_by_token[0] + 1], free[row, :stopped_by_token[0] + 1])
+        else:
+            assert torch.equal(ruled[row, :end], free[row, :end])
+            assert (ruled[row, end:] == stops[0]).all()
+
+
 def test_padding_must_be_on_the_left():
     model = make_model(0, position="rope")
     with pytest.raises(ValueError, match="pad prompts on the left"):
