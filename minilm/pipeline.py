@@ -43,8 +43,8 @@ STAGE_FIELDS = {
     "finetune": ("task_seed", "seed", "dtype", "eval_max_new_tokens", "finetune", "ft_max_iters", "ft_batch_size",
                  "ft_lr", "ft_warmup_iters", "ft_eval_interval", "ft_grad_accum", "ft_group_by_length",
                  "ft_metric", "ft_pass_tasks", "ft_eval_tasks", "ft_neftune_alpha", "lora_r", "lora_alpha",
-                 "lora_dropout", "lora_targets", "loraplus_ratio", "top_k_layers", "weight_decay", "beta1", "beta2", "grad_clip",
-                 "patience"),
+                 "lora_dropout", "lora_targets", "lora_dora", "loraplus_ratio", "top_k_layers", "weight_decay",
+                 "beta1", "beta2", "grad_clip", "patience"),
     "eval": ("task_seed", "eval_max_new_tokens", "eval_tasks_per_split", "eval_humaneval",
              "eval_humaneval_problems", "eval_humaneval_max_new_tokens"),
 }
