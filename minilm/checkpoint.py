@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -132,6 +133,13 @@ def read_weights(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e}); "
                               "delete it and resume from an earlier checkpoint or retrain") from None
     return tensors, metadata
+
+
+def parameter_count(path) -> int:
+    """How many numbers a .safetensors file holds, read from its header (no tensor is loaded).
+    A checkpoint's weights.safetensors holds exactly the stage's trainable parameters."""
+    with safe_open(str(path), framework="pt") as f:
+        return sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
 
 
 def model_config_of(path, metadata: dict[str, str]) -> ModelConfig:

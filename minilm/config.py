@@ -141,6 +141,7 @@ class RunConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: str = "all-linear"
+    lora_dora: bool = False  # DoRA: each adapted weight's row lengths train apart from its direction (minilm/lora.py)
     top_k_layers: int = 1
     patience: int = 3  # evaluations without improvement before early stopping
     # evaluation

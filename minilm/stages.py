@@ -241,7 +241,7 @@ def prepare_finetune_model(model, cfg: RunConfig, log=print) -> Optional[list]:
         # or not (torch seeds each new process at random).
         torch.manual_seed(cfg.seed)
         lora.apply_lora(model, targets=cfg.lora_targets, r=cfg.lora_r, alpha=cfg.lora_alpha,
-                        dropout=cfg.lora_dropout)
+                        dropout=cfg.lora_dropout, dora=cfg.lora_dora)
     if cfg.finetune in ("top_k", "lora+top_k"):  # full weights of the top blocks, next to any adapters
         freeze.unfreeze_top_k_blocks(model, cfg.top_k_layers)
     if cfg.finetune in ("lora", "lora+top_k"):

@@ -289,8 +289,10 @@ class Trainer:
         self.log(f"{s.stage} step {self.step}/{s.max_iters} | loss {loss:.4f} | lr {lr:.2e} | "
                  f"grad {grad_norm:.2f} | {tok_per_s / 1e3:.1f}k tok/s | MFU {100 * mfu:.1f}% | "
                  f"{1e3 * step_time:.0f} ms/step | left {eta}")
+        # On a GPU the process's RSS says little about the model's memory: record the allocator's peak.
+        cuda = {"cuda_peak_bytes": torch.cuda.max_memory_allocated(self.device)} if self.device.type == "cuda" else {}
         self._record({"kind": "train", "step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                      "tok_per_s": tok_per_s, "mfu": mfu, "step_ms": 1e3 * step_time})
+                      "tok_per_s": tok_per_s, "mfu": mfu, "step_ms": 1e3 * step_time, **cuda})
 
     def _evaluate_and_checkpoint(self) -> bool:
         """Evaluate (rank 0), save the best weights on improvement, checkpoint. True = stop early."""

@@ -110,6 +110,17 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(tmp_path):
         assert all(torch.equal(sa[k], sb[k]) for k in ("exp_avg", "exp_avg_sq", "step"))
 
 
+def test_a_checkpoint_weights_file_counts_the_trainable_parameters(tmp_path):
+    """What the benches read for "trainable parameters" (tied embeddings counted once)."""
+    from minilm import lora
+    model = lora.apply_lora(tiny_model(), r=2)
+    folder = save_one(tmp_path, 1, model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert ckpt.parameter_count(folder / ckpt.WEIGHTS) == trainable > 0
+    ckpt.save_weights(tmp_path / ckpt.MODEL_FILE, ckpt.trainable_state(tiny_model(), trainable_only=False), CONFIG)
+    assert ckpt.parameter_count(tmp_path / ckpt.MODEL_FILE) == sum(p.numel() for p in tiny_model().parameters())
+
+
 # ----------------------------------------------------------------------------- validation
 def test_truncated_or_flipped_weights_are_refused_naming_the_file(tmp_path):
     folder = save_one(tmp_path, 1, tiny_model())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minilm import pipeline
+from minilm import lora, pipeline
 from minilm.config import PRESETS, RunConfig
 from minilm.metrics import pass_at_k
 from minilm.sft import SPECIAL_TOKENS, build_examples
@@ -177,3 +177,26 @@ def test_adapters_start_from_the_run_seed_whatever_ran_before(tmp_path, finetune
     assert first and first.keys() == second.keys() == other_seed.keys()
     assert all(torch.equal(first[n], second[n]) for n in first)
     assert not any(torch.equal(first[n], other_seed[n]) for n in first)
+
+
+def test_lora_dora_reaches_the_finetuning_stage_and_its_adapter_file(tmp_path):
+    """--lora_dora true fine-tunes DoRA adapters: the saved adapter_config.json says use_dora (as
+    PEFT's does), and the run loads back as base + DoRA adapter."""
+    from minilm import checkpoint as ckpt
+    from minilm.data import tokenizer_fingerprint
+    from minilm.stages import ensure_tokenizer, run_finetune
+    cfg = tiny(tmp_path, lora_dora=True, device="cpu", data_dir=str(tmp_path / "data"), corpus=str(ROOT / "minilm"),
+               corpus_max_bytes=30_000, ft_max_iters=1, ft_warmup_iters=1, ft_eval_tasks=4, task_train_size=50,
+               peak_flops=1e12)
+    assert pipeline.stage_key(cfg, "finetune") != pipeline.stage_key(tiny(tmp_path), "finetune")
+    quiet = lambda *_: None  # noqa: E731
+    tok = ensure_tokenizer(cfg, log=quiet)
+    torch.manual_seed(0)  # a random base stands for the pretrained one
+    ckpt.save_weights(Path(cfg.out_dir) / "pretrain" / ckpt.MODEL_FILE,
+                      ckpt.trainable_state(GPT(cfg.model), trainable_only=False), cfg.model,
+                      {"tokenizer_sha256": tokenizer_fingerprint(tok)})
+    run_finetune(cfg, log=quiet)
+    adapter = json.loads((Path(cfg.out_dir) / "finetune" / "adapter_config.json").read_text())
+    assert adapter["use_dora"] is True
+    model, _ = ckpt.load_run(cfg.out_dir, stage="finetune", merge_lora=False)
+    assert all(layer.dora for layer in lora.lora_layers(model).values())
