@@ -41,7 +41,7 @@ def test_default_preset_and_untouched_options():
     (["--lr", "fast"], "--lr expects float, got 'fast'"),
     (["--compile", "maybe"], "--compile expects bool, got 'maybe'"),
     (["small"], "unexpected argument 'small'"),
-    (["--n_head", "3"], "n_embd (256) must be divisible by n_head (3)"),
+    (["--n_head", "5"], "n_embd (192) must be divisible by n_head (5)"),
     (["--attention", "magic"], "attention must be 'auto', 'sdpa' or 'reference'"),
 ])
 def test_bad_input_gives_one_clear_line(argv, message):
