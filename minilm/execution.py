@@ -52,6 +52,12 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 from minilm.sandbox_programs import HARNESS, LAUNCHER, NAMESPACE_INIT
 
+# The interpreter inside a sandbox: the real file behind sys.executable. A virtual environment's
+# bin/python is a link into its folder, which a sandbox's private /tmp (or an unmounted home) may
+# hide (a venv under /tmp made bwrap fail with "execvp ...: No such file"); the programs run with
+# -I and import only the standard library, so the base interpreter is all they need.
+SANDBOX_PYTHON = os.path.realpath(sys.executable)
+
 STATUSES = ("passed", "failed", "timeout", "crashed", "syntax_error")
 ISOLATIONS = ("bwrap", "unshare", "limits")  # strongest first
 OUTPUT_LIMIT = 8192  # bytes of the program's stdout/stderr kept in the result
@@ -102,7 +108,7 @@ def _bwrap_command(workdir: str, argv: list[str]) -> list[str]:
 def _unshare_command(workdir: str, argv: list[str]) -> list[str]:
     """unshare makes the namespaces; NAMESPACE_INIT mounts, drops privileges and runs argv."""
     config = json.dumps({"workdir": workdir, "argv": argv})
-    return [shutil.which("unshare"), *UNSHARE, "--", sys.executable, "-I", "-S", "-B", "-c",
+    return [shutil.which("unshare"), *UNSHARE, "--", SANDBOX_PYTHON, "-I", "-S", "-B", "-c",
             NAMESPACE_INIT, config]
 
 
@@ -111,7 +117,7 @@ def _probe(command_in: Callable[[str, list[str]], list[str]]) -> Optional[str]:
     the last line of its stderr, or why it could not start."""
     workdir = tempfile.mkdtemp(prefix="minilm-probe-")
     try:
-        done = subprocess.run(command_in(workdir, [sys.executable, "-I", "-S", "-c", "pass"]),
+        done = subprocess.run(command_in(workdir, [SANDBOX_PYTHON, "-I", "-S", "-c", "pass"]),
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as error:
         return str(error)
@@ -205,7 +211,7 @@ def _rlimits(limits: Limits, timeout: float) -> dict[str, int]:
 
 
 def _command(workdir: str, isolation: str, limits: Limits, timeout: float) -> list[str]:
-    harness = [sys.executable, "-I", "-B", "harness.py"]
+    harness = [SANDBOX_PYTHON, "-I", "-B", "harness.py"]
     commands = {"bwrap": _bwrap_command, "unshare": _unshare_command, "limits": lambda _, argv: argv}
     inner = commands[isolation](workdir, harness)
     config = {"rlimits": _rlimits(limits, timeout), "argv": inner}
