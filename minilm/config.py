@@ -221,17 +221,12 @@ PRESETS: dict[str, RunConfig] = {
     #     on 43% of train tasks 89/65/59%, on 22% 88/66/72%: new what phrases gained up to 12 points,
     #     but test_seen and new frames lost as much.
     #   - 15 minutes on a CPU without native bf16 (issue 18; fp32 everywhere, Muon's iteration too):
-    #     the 256-wide preset above needs 1.1-1.3 s per pretraining step there (Zen 2, and Zen 4 with
-    #     MINILM_NATIVE_BF16=0), about 15 minutes for pretraining alone. Measured in fp32 on all 300
-    #     tasks per split (seen / phrasing / compose): 400 + 450 steps of it 78/52/37%; n_embd 192,
-    #     batches of 12, 650 + 650 LoRA steps of 24: 81/49/61% (1.673 bits per byte); n_embd 256,
-    #     batches of 8, 650 + 800 of 16: 78/49/56% (1.702). Fine-tuning was the short part: its
-    #     validation loss still fell fast at the end. So this preset is n_embd 192 (a pretraining
-    #     step of 12 takes about half the time, Muon's iteration on 192-wide matrices too), 500
-    #     pretraining steps with half of the batches from the task suite, and 1000 LoRA steps of 32:
-    #     900 such steps gave 89.5/54/79% (213 of 238 test_seen code tasks; 215 is 90%); the preset,
-    #     from a fresh clone in fp32 at 2 threads (quiet Zen 4, MINILM_NATIVE_BF16=0): 92.4/54.0/78.6%
-    #     on all 300 tasks, 1.828 bits per byte, 12 min 15 s.
+    #     the 256-wide preset above takes 1.1-1.4 s per pretraining step there, ~15 minutes for
+    #     pretraining alone. Of the fp32 candidates (README, "On a CPU without native bf16"), those
+    #     that cut fine-tuning missed test_seen >= 90%; so this preset is n_embd 192 (a step of 12
+    #     costs about half), 500 pretraining steps with half the batches from the task suite, and
+    #     1000 LoRA steps of 32. From a fresh clone in fp32 at 2 threads (quiet Zen 4,
+    #     MINILM_NATIVE_BF16=0): 92.4/54.0/78.6% on all 300 tasks, 1.828 bits per byte, 12 min 15 s.
     "small": RunConfig(
         model=ModelConfig(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=192, position="rope"),
         out_dir="runs/small", dtype="fast", pretrain_task_mix=0.5, optimizer="muon", task_train_size=24000,

