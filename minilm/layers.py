@@ -16,6 +16,9 @@ Attention has two paths that compute the same function (tests/test_layers.py pro
     CPU, where two bf16 matmuls keep up with or beat torch's CPU flash kernel (0.99-1.15x for the
     small model, bench/bench_attention.py --dtype bfloat16), and sdpa everywhere else (1.03-1.09x
     in fp32 on a CPU; flash attention on CUDA).
+
+Every weight matrix is a minilm.linear.Linear: an nn.Linear whose fp32 matmul on a CPU runs on
+oneDNN, the same function by a faster kernel (see that module).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minilm.config import ModelConfig
+from minilm.linear import Linear
 
 
 # ---------------------------------------------------------------- positions and the causal mask
@@ -152,8 +156,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         self.path = config.attention
         q_width, kv_width = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        self.c_attn = nn.Linear(config.n_embd, q_width + 2 * kv_width, bias=config.bias)
-        self.c_proj = nn.Linear(q_width, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, q_width + 2 * kv_width, bias=config.bias)
+        self.c_proj = Linear(q_width, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -225,8 +229,8 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.hidden, bias=config.bias)
-        self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, config.hidden, bias=config.bias)
+        self.c_proj = Linear(config.hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -243,8 +247,8 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 2 * config.hidden, bias=config.bias)
-        self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 2 * config.hidden, bias=config.bias)
+        self.c_proj = Linear(config.hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):

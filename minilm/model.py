@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from minilm.config import ModelConfig
 from minilm.layers import KVCache, CausalSelfAttention, make_mlp, make_norm, rotary_cos_sin
+from minilm.linear import Linear
 
 
 class Block(nn.Module):
@@ -55,7 +56,7 @@ class GPT(nn.Module):
         ))
         if config.position == "learned":
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:  # one matrix reads tokens in and writes them out, as GPT-2 and SmolLM2
             self.lm_head.weight = self.transformer.wte.weight
         # GPT-2's initialisation for every family (a pretrained Llama overwrites it when it loads)

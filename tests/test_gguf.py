@@ -250,7 +250,10 @@ def test_logits_equal_transformers(ours, theirs, prompt):
     idx = torch.tensor([prompt])
     with torch.no_grad():
         expected = theirs(idx).logits
-    assert (logits(ours, idx) - expected).abs().max() <= 1e-4
+    # fp32 rounding, not a different function: on these prompts transformers' logits are 4-9e-5 from
+    # the same model run in float64 and ours 7e-5-1.1e-4 (our oneDNN matmuls sum in another order
+    # than transformers' MKL ones, minilm/linear.py), so the two sides differ by up to 1.1e-4
+    assert (logits(ours, idx) - expected).abs().max() <= 2e-4
 
 
 def test_greedy_generation_equals_transformers(ours, theirs):
