@@ -1,22 +1,34 @@
 """SmolLM2-135M-Instruct in our decoder vs transformers (+ peft), on the same GGUF file, one run.
 
-    python bench/bench_smollm2.py            # the issue's sizes (several minutes on 2 cores)
-    python bench/bench_smollm2.py --quick    # small sizes, to check that it runs (~3 CPU-minutes)
+    python bench/bench_smollm2.py                # the issue's sizes (several minutes on 2 cores)
+    python bench/bench_smollm2.py --quick        # small sizes, to check that it runs (~3 CPU-minutes)
+    python bench/bench_smollm2.py --threads 2    # the thread count of both sides (default: all cores)
 
 Each side runs in its own subprocess, with the same token ids, dtype and thread count. Measured:
-  forward          tokens/s of a no-grad forward pass over a batch (best of the timed repetitions)
-  LoRA step        tokens/s of fine-tuning with rank-16 adapters on every linear layer of the blocks
-                   (ours: minilm.lora.apply_lora + our nll_loss; theirs: peft's LoraConfig with
-                   target_modules="all-linear" + cross-entropy), AdamW; an SFT-shaped batch whose
-                   first half is prompt (not counted by the loss) and second half answer. Our fused
-                   c_attn ([q; k; v]) and c_fc ([gate; up]) get one adapter each where peft adapts
-                   each projection, so ours trains fewer parameters (printed)
-  generate         greedy tokens/s with the KV cache: ours a batch of prompts at once, theirs
-                   `generate` at batch size 1, as it is usually called; end-of-text is not a stop
+  forward          tokens/s of a no-grad forward pass to the logits of every position, batch 8 x 128
+                   (best of the timed repetitions)
+  LoRA step        tokens/s (all B x T positions) of fine-tuning with rank-16 adapters (alpha 32) on
+                   every linear layer of the blocks, batch 8 x 128, AdamW: forward, loss, backward,
+                   step. An SFT-shaped batch: the first half of each row is prompt, which the loss
+                   does not count, the second half answer, which it does. Each side as its users
+                   write it. Ours as minilm's trainer does it: minilm.lora.apply_lora, then
+                   model(idx, return_hidden=True) and minilm.loss.head_nll_loss, so the 49,152-wide
+                   LM head runs on the counted rows only. Theirs: peft's LoraConfig with
+                   target_modules="all-linear", model(input_ids).logits over every position and
+                   cross-entropy with the prompt's labels set to -100. Both losses are the mean
+                   over counted tokens; the first step's two losses are printed (the same number:
+                   fresh adapters change nothing). Our fused c_attn ([q; k; v]) and c_fc
+                   ([gate; up]) get one adapter each where peft adapts each projection, so ours
+                   trains fewer parameters (printed)
+  generate         greedy tokens/s with the KV cache, 16-token prompts + 64 new tokens: ours a
+                   batch of 16 prompts at once, theirs `generate` at batch size 1, as it is usually
+                   called; end-of-text is not a stop
   peak memory      the process's peak RSS during each measurement (Linux: VmHWM after resetting it
                    through /proc/self/clear_refs), and the RSS of the loaded model
 Before timing, the forward logits of the two sides are compared (max abs difference), so the
-speeds are of the same function.
+speeds are of the same function. Our fp32 matmuls run on oneDNN, transformers' on torch's default
+(MKL) kernel (minilm/linear.py; MINILM_ONEDNN=0 in the environment gives ours torch's too); the
+"linears" line says which ran.
 """
 from __future__ import annotations
 
@@ -34,7 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's minilm
 
 SIZES = {  # forward batch, LoRA batch, LoRA timed steps, generation (our batch, prompt, new tokens)
-    "full": dict(forward=(8, 128), forward_reps=3, lora=(8, 128), lora_steps=5, gen_batch=8, prompt=16, new=64),
+    "full": dict(forward=(8, 128), forward_reps=3, lora=(8, 128), lora_steps=5, gen_batch=16, prompt=16, new=64),
     "quick": dict(forward=(2, 64), forward_reps=2, lora=(2, 64), lora_steps=2, gen_batch=4, prompt=8, new=16),
 }
 
@@ -87,10 +99,12 @@ def load(side: str, path: str, dtype: torch.dtype):
 def lora_step_function(side: str, model, inputs, targets, loss_mask):
     """One fine-tuning step (forward, loss, backward, AdamW) with rank-16 adapters on every linear."""
     if side == "ours":
-        from minilm.loss import nll_loss
+        from minilm.loss import head_nll_loss
         from minilm.lora import apply_lora
         apply_lora(model, "all-linear", r=16, alpha=32)
-        loss_fn = lambda: nll_loss(model(inputs), targets, loss_mask)  # noqa: E731
+        # the trainer's loss: hidden states, then the head on the counted rows only
+        loss_fn = lambda: head_nll_loss(model(inputs, return_hidden=True), model.lm_head,  # noqa: E731
+                                        targets, loss_mask, normalize="token")
     else:
         import peft
         model = peft.get_peft_model(model, peft.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
@@ -106,6 +120,7 @@ def lora_step_function(side: str, model, inputs, targets, loss_mask):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        return loss.item()
     return step, sum(p.numel() for p in trainable)
 
 
@@ -131,10 +146,13 @@ def run_side(side: str, path: str, sizes: dict, dtype: torch.dtype, seed: int = 
         result.update(generate_tps=gen_prompts.size(0) * sizes["new"] / seconds, generate_peak=peak,
                       generate_batch=gen_prompts.size(0), first_row=out[0].tolist())
     step, trainable = lora_step_function(side, model, lora_idx[:, :-1], lora_idx[:, 1:], loss_mask)
-    step()  # warm-up; creates AdamW's state
+    first_loss = step()  # warm-up; creates AdamW's state
     runs = [measured(step) for _ in range(sizes["lora_steps"])]
     result.update(lora_tps=B * T / min(r[1] for r in runs), lora_peak=max(r[2] for r in runs),
-                  lora_trainable=trainable)
+                  lora_trainable=trainable, lora_first_loss=first_loss)
+    if side == "ours":
+        from minilm.linear import linear_backend
+        result["linears"] = linear_backend()
     return result
 
 
@@ -179,9 +197,13 @@ def main():
     print(f"{os.path.basename(path)}, {args.dtype}, {args.threads} threads; {processor()}")
     print(f"forward logits: max abs difference {difference:.2e} (1000 logits); greedy row 0 "
           f"{'identical' if same_tokens else 'DIFFERENT'} over {sizes['new']} new tokens")
+    print(f"LoRA first-step loss (mean NLL of the counted tokens): ours {ours['lora_first_loss']:.6f}, "
+          f"transformers + peft {theirs['lora_first_loss']:.6f}")
     print(f"sizes: forward {sizes['forward'][0]} x {sizes['forward'][1]}, LoRA r=16 batch {sizes['lora'][0]} x "
-          f"{sizes['lora'][1]} (answer half counted), generate {sizes['prompt']}-token prompts + "
-          f"{sizes['new']} new")
+          f"{sizes['lora'][1]} (answer half counted; ours runs the head on those rows only), generate "
+          f"{sizes['prompt']}-token prompts + {sizes['new']} new (ours batch {ours['generate_batch']}, "
+          f"transformers batch {theirs['generate_batch']})")
+    print(f"linears: ours {ours['linears']} (minilm/linear.py), transformers torch")
     mib = lambda b: f"{b / 2**20:,.0f} MiB"  # noqa: E731
     rows = [
         ("load seconds", "load_s", lambda v: f"{v:.1f}"),
