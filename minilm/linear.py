@@ -7,11 +7,11 @@ It computes F.linear's function; what changes is the kernel:
   - the fast path: oneDNN's fp32 matmul (torch.ops.mkldnn._linear_pointwise, the kernel torch's
     own compiler uses for CPU linears), forward and backward, in the autograd function below.
 
-Why: on the AMD EPYC (AVX-512) this project is measured on, one core runs MKL's fp32 GEMM at 70-90
-GFLOP/s at SmolLM2's shapes and oneDNN's at about 100; SmolLM2's forward and
-LoRA step (bench/bench_smollm2.py, one thread) run about 1.15x faster with it. The results are fp32
-matmuls summed in another order: they differ from F.linear by float rounding only
-(tests/test_linear.py compares values and all three gradients).
+Why: on the AMD EPYC (AVX-512) this project is measured on, one core runs MKL's fp32 GEMM at
+70-90 GFLOP/s at SmolLM2's shapes and oneDNN's at about 100; SmolLM2's forward and LoRA step
+(bench/bench_smollm2.py, one thread) run about 1.15x faster with it. The results are fp32 matmuls
+summed in another order: they differ from F.linear by float rounding only (tests/test_linear.py
+compares values and all three gradients).
 
 The fast path is taken on a CPU, with fp32 input and weight, outside autocast (bf16 autocast must
 keep its bf16 matmuls) and outside torch.compile (its compiler picks kernels itself). Anywhere
