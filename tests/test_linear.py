@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
 import minilm.linear as minilm_linear
-from minilm.linear import Linear, OneDNNLinear, linear, linear_backend, uses_onednn
+from minilm.linear import Linear, OneDNNLinear, linear, linear_backend, reference_path, uses_onednn
 
 needs_onednn = pytest.mark.skipif(linear_backend() != "onednn", reason="this torch build has no oneDNN linear")
 
@@ -56,6 +56,11 @@ def test_f_linear_runs_under_autocast_in_bf16_and_when_switched_off(monkeypatch)
         assert linear(x, weight).dtype == torch.bfloat16
     assert not uses_onednn(x.bfloat16(), weight.bfloat16())
     assert torch.equal(linear(x.double(), weight.double()), F.linear(x.double(), weight.double()))
+    with reference_path():  # the tests' switch: the reference, nested safely
+        with reference_path():
+            assert not uses_onednn(x, weight)
+        assert not uses_onednn(x, weight) and torch.equal(linear(x, weight), F.linear(x, weight))
+    assert uses_onednn(x, weight) == (linear_backend() == "onednn")
     monkeypatch.setattr(minilm_linear, "_OP", None)  # MINILM_ONEDNN=0, or a build without oneDNN
     assert not uses_onednn(x, weight) and linear_backend() == "torch"
     assert torch.equal(linear(x, weight), F.linear(x, weight))
