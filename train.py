@@ -89,8 +89,17 @@ def run_stage(name: str, cfg: RunConfig, opts: dict, dist, log) -> None:
         mark_done(cfg, name, time.perf_counter() - start)
 
 
+def usage() -> str:
+    from minilm.config import PRESETS, config_keys
+    return (f"{__doc__.strip()}\n\npresets (--config): {', '.join(PRESETS)}\n"
+            f"config keys (--key value): {', '.join(config_keys())}")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(usage())
+        return 0
     try:  # options first: a typo is reported before torch is even imported
         cfg, opts = load_config(argv, OPTIONS)
         if opts["stage"] not in (*STAGES, "all"):

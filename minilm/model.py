@@ -141,17 +141,28 @@ class GPT(nn.Module):
         """Training FLOPs per token: 6N for the matmuls plus attention, when every weight trains.
 
         Each weight costs 2 FLOPs per token forward, 2 backward to the activations and 2 backward to
-        itself; a frozen weight (under LoRA, almost all of them) skips the last, so the matmuls cost
-        4N + 2N_trainable. Attention adds 12 * n_layer * (n_head * head_dim) * T: QK^T and the
-        weighted sum of V, each 2*T*hs multiply-adds per query head and token forward, times 3 for
-        forward + backward (PaLM appendix B). Grouped-query attention shares keys, not this work.
+        itself. A frozen weight (under LoRA, almost all of them) skips the last; the blocks below the
+        lowest one with a trainable weight skip the backward pass altogether (nothing below them
+        needs a gradient), so LoRA on the top half of the blocks costs 2N + 2N_above + 2N_trainable.
+        Attention adds 4 * n_head * head_dim * T per block forward (QK^T and the weighted sum of V,
+        each 2*T*hs multiply-adds per query head and token) and twice that backward (PaLM appendix
+        B). Grouped-query attention shares keys, not this work. T is the sequence length trained on.
         """
         cfg = self.config
         T = seq_len or cfg.block_size
         tables = {id(t) for t in self.lookup_tables()}
         n_trainable = sum(p.numel() for p in self.parameters() if p.requires_grad and id(p) not in tables)
-        attention = 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T
-        return 4 * self.num_parameters(non_embedding=True) + 2 * n_trainable + attention
+        blocks = self.transformer.h
+        embeddings_train = any(p.requires_grad for p in (self.transformer.wte.weight, *self.lookup_tables()))
+        lowest = 0 if embeddings_train else next(
+            (i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())), cfg.n_layer)
+        anything_trains = any(p.requires_grad for p in self.parameters())
+        n_below = sum(p.numel() for block in blocks[:lowest] for p in block.parameters())
+        n = self.num_parameters(non_embedding=True)
+        backward_to_activations = (n - n_below) if anything_trains else 0
+        backward_blocks = (cfg.n_layer - lowest) if anything_trains else 0
+        attention = 4 * cfg.n_head * cfg.head_dim * T * (cfg.n_layer + 2 * backward_blocks)
+        return 2 * n + 2 * backward_to_activations + 2 * n_trainable + attention
 
     def estimate_mfu(self, tokens_per_second: float, peak_flops: float, seq_len: Optional[int] = None) -> float:
         """Model FLOPs utilisation: achieved training FLOP/s as a fraction of the peak given."""

@@ -166,6 +166,7 @@ class Trainer:
         self.stage_dir = Path(run_dir) / schedule.stage
         self.device, self.dtype, self.dist = torch.device(device), dtype, dist
         self.run_info = dict(run_info or {})  # config, tokenizer and corpus hashes: saved with checkpoints
+        self.seq_len: Optional[int] = None  # of the last micro-batch trained on
         self.log = log if dist.is_main else (lambda *_: None)
         self.optimizer = make_optimizer(model, schedule.lr, schedule.weight_decay, schedule.betas,
                                         self.device.type, groups=param_groups, kind=schedule.optimizer)
@@ -206,6 +207,7 @@ class Trainer:
             loss.backward()
             nll_total += nll_sum.sum().detach()
             tokens += idx.numel()
+            self.seq_len = idx.size(1)  # for MFU: attention's cost grows with it
         return nll_total.item() / max(local_weight, 1), tokens * self.dist.world_size
 
     def train_step(self, step: int) -> tuple[float, float, int]:
@@ -283,7 +285,7 @@ class Trainer:
     def _log_train(self, loss: float, grad_norm: float, tok_per_s: float, peak: float, step_time: float):
         s = self.schedule
         lr = self.optimizer.param_groups[0]["lr"]
-        mfu = self.raw_model.estimate_mfu(tok_per_s / self.dist.world_size, peak) \
+        mfu = self.raw_model.estimate_mfu(tok_per_s / self.dist.world_size, peak, self.seq_len) \
             if hasattr(self.raw_model, "estimate_mfu") else float("nan")
         eta = format_duration(step_time * (s.max_iters - self.step))
         self.log(f"{s.stage} step {self.step}/{s.max_iters} | loss {loss:.4f} | lr {lr:.2e} | "

@@ -298,3 +298,6 @@ def test_train_py_pretrains_resumes_and_reports_bad_checkpoints(tmp_path):
 
     bad = _train(["--config", "tiny", "--stage", "pretrian"], tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --stage must be one of")
+    helped = _train(["--config", "small", "--help"], tmp_path)  # usage, then nothing runs
+    assert helped.returncode == 0 and "--resume" in helped.stdout and "smollm2" in helped.stdout
+    assert "ft_max_iters" in helped.stdout and not (tmp_path / "runs").exists()

@@ -353,9 +353,15 @@ def test_flops_and_mfu():
     model = make_model()
     n = model.num_parameters(non_embedding=True)
     assert model.flops_per_token(seq_len=32) == 6 * n + 12 * 2 * 32 * 32
-    for p in model.parameters():  # frozen weights need no gradient of their own: 4N instead of 6N
+    for p in model.parameters():  # nothing trains: the forward pass alone
         p.requires_grad_(False)
-    assert model.flops_per_token(seq_len=32) == 4 * n + 12 * 2 * 32 * 32
+    assert model.flops_per_token(seq_len=32) == 2 * n + 4 * 2 * 32 * 32
+    block_0 = sum(p.numel() for p in model.transformer.h[0].parameters())
+    model.transformer.h[1].ln_1.weight.requires_grad_(True)  # only the top block trains: the backward
+    # pass runs through the head and block 1 (activations) and stops there; block 0 is forward only
+    assert model.flops_per_token(seq_len=32) == (
+        2 * n + 2 * (n - block_0) + 2 * model.config.n_embd + 4 * 32 * 32 * (2 + 2 * 1))
+    model.transformer.h[1].ln_1.weight.requires_grad_(False)
     model.lm_head.weight.requires_grad_(True)  # the tied embedding: counted once
     assert model.flops_per_token(seq_len=32) == 4 * n + 2 * model.lm_head.weight.numel() + 12 * 2 * 32 * 32
     assert model.estimate_mfu(1000.0, peak_flops=model.flops_per_token() * 2000) == pytest.approx(0.5)
