@@ -64,7 +64,7 @@ def stage_eval(cfg: RunConfig, opts: dict, dist, log) -> None:
     if not dist.is_main:
         return  # evaluation runs on one process
     start = time.perf_counter()
-    report = run_eval(cfg, log)
+    report = run_eval(cfg, log, reuse=not opts["force"])  # --force redoes every part
     write_run_report(cfg, report, time.perf_counter() - start, log)
 
 

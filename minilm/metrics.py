@@ -161,8 +161,9 @@ def write_report(report: dict, directory, name: str = "eval") -> tuple[Path, Pat
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path = directory / f"{name}.json", directory / f"{name}.md"
-    json_path.write_text(json.dumps(report, indent=1) + "\n")
-    md_path.write_text(report_markdown(report))
+    from minilm.checkpoint import write_text_atomic  # a resumed evaluation reuses the .json: never half of one
+    write_text_atomic(json_path, json.dumps(report, indent=1) + "\n")
+    write_text_atomic(md_path, report_markdown(report))
     return json_path, md_path
 
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 from minilm import checkpoint as ckpt
 from minilm.config import RunConfig, to_dict
@@ -103,6 +104,33 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
         from minilm.tasks import suite_fingerprint
         inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size)
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# The eval stage saves each part (a model's tasks, its HumanEval) as it finishes, keyed by what that
+# part reads: an interrupted evaluation resumes after its last finished part, and a new fine-tuning
+# of the same base reuses the base's "before" results (half an hour for SmolLM2 on 2 cores).
+EVAL_PART_INPUTS = {"pretrain": (ckpt.TOKENIZER_FILE, "pretrain/" + ckpt.MODEL_FILE),
+                    "finetune": STAGE_INPUTS["eval"]}
+
+
+def eval_part_key(cfg: RunConfig, model_stage: str, part: str) -> str:
+    """Hash of what one part of the evaluation reads: the eval fields, the model's files, the suite."""
+    from minilm.tasks import suite_fingerprint
+    config, run_dir = to_dict(cfg), Path(cfg.out_dir)
+    inputs = {"part": part, "config": {name: _field(config, name) for name in STAGE_FIELDS["eval"]},
+              "files": {name: ckpt.file_sha256(run_dir / name) for name in EVAL_PART_INPUTS[model_stage]
+                        if (run_dir / name).is_file()},
+              "suite": suite_fingerprint(cfg.task_seed, cfg.task_train_size)}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def saved_part(path: Path, key: str) -> Optional[dict]:
+    """The report saved at path when it was made from the same inputs (its "inputs_key"), else None."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return report if report.get("inputs_key") == key else None
 
 
 def read_stages(run_dir) -> dict:
@@ -231,8 +259,11 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_eval(cfg: RunConfig, log=print) -> dict:
-    """Evaluate before and after fine-tuning; write eval/ reports, report.json and report.md."""
+def run_eval(cfg: RunConfig, log=print, reuse: bool = True) -> dict:
+    """Evaluate before and after fine-tuning; write eval/ reports, report.json and report.md.
+
+    A part saved by an earlier evaluation of the same model with the same settings is reused
+    unless reuse is False (see eval_part_key)."""
     from minilm.evaluate import build_report, evaluate_model
     from minilm.metrics import write_comparison, write_report
     from minilm.stages import runtime_for
@@ -244,20 +275,36 @@ def run_eval(cfg: RunConfig, log=print) -> dict:
     pretrained = pretrained_description(run_dir / "pretrain" / ckpt.MODEL_FILE)
     reports, groups, humaneval = {}, {}, {}
     for stage in ("pretrain", "finetune"):
-        model, tok = ckpt.load_run(run_dir, stage=stage, device=device)
+        loaded = []  # the model, once a part needs it
+
+        def model_and_tokenizer():
+            if not loaded:
+                loaded.extend(ckpt.load_run(run_dir, stage=stage, device=device))
+            return loaded
+
         if stage == "pretrain" and pretrained:
             log(f"eval: pretrained: {pretrained}")
         elif stage == "pretrain":
-            bpb = pretrain_bits_per_byte(cfg, model, tok, log)
+            bpb = pretrain_bits_per_byte(cfg, *model_and_tokenizer(), log)
             log(f"eval: pretrained model, validation {bpb:.3f} bits per byte")
-        records = evaluate_model(model, tok, tasks, cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
-                                 with_teacher_forcing=cfg.eval_teacher_forcing)
-        reports[stage] = build_report(records, label=stage, max_new_tokens=cfg.eval_max_new_tokens)
-        write_report(reports[stage], run_dir / "eval", stage)
-        groups[stage] = _by_split_and_kind(records)
+        key = eval_part_key(cfg, stage, "tasks")
+        reports[stage] = saved_part(run_dir / "eval" / f"{stage}.json", key) if reuse else None
+        if reports[stage] is not None:
+            log(f"eval: {stage}: reusing eval/{stage}.json (same model and settings; --force redoes it)")
+        else:
+            records = evaluate_model(*model_and_tokenizer(), tasks, cfg.eval_max_new_tokens,
+                                     batch_size=cfg.eval_batch_size, with_teacher_forcing=cfg.eval_teacher_forcing)
+            reports[stage] = build_report(records, label=stage, max_new_tokens=cfg.eval_max_new_tokens)
+            write_report({**reports[stage], "inputs_key": key}, run_dir / "eval", stage)
+        groups[stage] = _by_split_and_kind(reports[stage]["records"])
         log(f"eval: {stage} pass@1 {reports[stage]['summary']['overall'].get('pass@1', 0.0):.3f}")
         if cfg.eval_humaneval:
-            humaneval[stage] = run_humaneval(cfg, model, tok, stage, log)
+            key = eval_part_key(cfg, stage, "humaneval")
+            humaneval[stage] = saved_part(run_dir / "eval" / f"humaneval_{stage}.json", key) if reuse else None
+            if humaneval[stage] is not None:
+                log(f"eval: {stage}: reusing eval/humaneval_{stage}.json (--force redoes it)")
+            else:
+                humaneval[stage] = run_humaneval(cfg, *model_and_tokenizer(), stage, log, inputs_key=key)
     write_comparison(reports["pretrain"], reports["finetune"], run_dir / "eval",
                      labels=("before fine-tuning", "after fine-tuning"))
     report = {
@@ -285,7 +332,7 @@ def pretrained_description(weights) -> str:
         return (f.metadata() or {}).get("pretrained", "")
 
 
-def run_humaneval(cfg: RunConfig, model, tok, stage: str, log=print) -> dict:
+def run_humaneval(cfg: RunConfig, model, tok, stage: str, log=print, inputs_key: str = "") -> dict:
     """Greedy pass@1 on HumanEval (the first eval_humaneval_problems, or all 164), in the chat format
     for a ChatML tokenizer and as a plain code prefix otherwise; eval/humaneval_{stage}.json and .md."""
     from minilm import humaneval as he
@@ -299,7 +346,8 @@ def run_humaneval(cfg: RunConfig, model, tok, stage: str, log=print) -> dict:
                                     batch_size=cfg.eval_batch_size)
     report = build_report(records, label=stage, benchmark="humaneval", format=prompt_format,
                           max_new_tokens=cfg.eval_humaneval_max_new_tokens)
-    write_report(report, Path(cfg.out_dir) / "eval", "humaneval_" + stage)
+    write_report({**report, "inputs_key": inputs_key} if inputs_key else report, Path(cfg.out_dir) / "eval",
+                 "humaneval_" + stage)
     log(f"eval: {stage} HumanEval pass@1 {report['summary']['overall'].get('pass@1', 0.0):.3f} "
         f"({len(problems)} problems, {prompt_format} prompt)")
     return report

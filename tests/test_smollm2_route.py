@@ -9,6 +9,7 @@ import dataclasses
 import importlib.util
 import inspect
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -148,6 +149,29 @@ def test_a_second_run_with_nothing_changed_reuses_every_stage(finished_run):
     assert train.main(argv) == 0
     assert sum("reusing the finished stage" in line for line in lines) == 4, lines
     assert (out / "report.json").read_bytes() == report
+
+
+def test_a_new_fine_tuning_reevaluates_only_the_fine_tuned_model(finished_run, tiny_gguf, tmp_path):
+    """The eval stage's parts are keyed by what they read: more fine-tuning steps leave the base's
+    "before" results valid (reused), an evaluation with --force redoes every part."""
+    _, out, _ = finished_run
+    shutil.copytree(out, tmp_path / "run")
+    argv = run_options(tiny_gguf, tmp_path / "run") + ["--ft_max_iters", "3"]
+
+    def train_log(argv):
+        lines = []
+        train = script("train")
+        train.print = lambda *args, **kwargs: lines.append(" ".join(map(str, args)))
+        assert train.main(argv) == 0, lines
+        return "\n".join(lines)
+
+    log = train_log(argv)
+    assert "finetune done: 3 steps" in log
+    for part in ("pretrain.json", "humaneval_pretrain.json"):
+        assert f"reusing eval/{part}" in log
+        assert (tmp_path / "run" / "eval" / part).read_bytes() == (out / "eval" / part).read_bytes()
+    assert "reusing eval/finetune.json" not in log and "reusing eval/humaneval_finetune.json" not in log
+    assert "reusing eval/" not in train_log(argv + ["--stage", "eval", "--force"])
 
 
 def test_a_model_config_other_than_the_bases_is_one_line(tiny_gguf, tmp_path, capsys):
