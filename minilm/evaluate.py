@@ -80,8 +80,8 @@ def _device(model) -> torch.device:
 @torch.no_grad()
 def generate_completions(model, tok, tasks: Sequence[dict], max_new_tokens: int = 128,
                          n_samples: int = 1, temperature: float = 0.0, top_k: Optional[int] = None,
-                         top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16
-                         ) -> list[Optional[list[str]]]:
+                         top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16,
+                         progress: Optional[Callable[[int, int], None]] = None) -> list[Optional[list[str]]]:
     """n_samples completions per task in the fine-tuning format (None where the prompt is too long).
 
     A code answer ends at the close of its first fenced block too (see fence_closed)."""
@@ -91,7 +91,7 @@ def generate_completions(model, tok, tasks: Sequence[dict], max_new_tokens: int 
     return generate_from_prompts(model, prompts, sft.stop_token_ids(tok),
                                  lambda ids: sft.extract_completion(tok, ids), max_new_tokens,
                                  n_samples, temperature, top_k, top_p, seed, batch_size,
-                                 stop_when=lambda i, ids: is_code[i] and closed(ids))
+                                 stop_when=lambda i, ids: is_code[i] and closed(ids), progress=progress)
 
 
 @torch.no_grad()
@@ -99,7 +99,8 @@ def generate_from_prompts(model, prompts: Sequence[Sequence[int]], stop_ids: Seq
                           decode: Callable[[list[int]], str], max_new_tokens: int = 128,
                           n_samples: int = 1, temperature: float = 0.0, top_k: Optional[int] = None,
                           top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16,
-                          stop_when: Optional[Callable[[int, list[int]], bool]] = None
+                          stop_when: Optional[Callable[[int, list[int]], bool]] = None,
+                          progress: Optional[Callable[[int, int], None]] = None
                           ) -> list[Optional[list[str]]]:
     """n_samples decoded completions per prompt of token ids, in any prompt format.
 
@@ -108,7 +109,7 @@ def generate_from_prompts(model, prompts: Sequence[Sequence[int]], stop_ids: Seq
     of equal length otherwise (batches_by_length). Generation stops at stop_ids, and a batch ends
     when all its rows have stopped (or stop_when(prompt index, new ids) said so); `decode` turns a row's new ids (stop token and padding
     included) into the completion's text. Sampling is seeded per batch: the same call gives the
-    same completions.
+    same completions. progress(prompts done, prompts that fit) is called after each batch.
     """
     if n_samples < 1 or max_new_tokens < 1:
         raise ValueError(f"n_samples and max_new_tokens must be >= 1, got {n_samples}, {max_new_tokens}")
@@ -118,8 +119,10 @@ def generate_from_prompts(model, prompts: Sequence[Sequence[int]], stop_ids: Seq
     device = _device(model)
     completions: list[Optional[list[str]]] = [None] * len(prompts)
     padded = model.config.position == "rope"
-    for batch_number, chunk in enumerate(batches_by_length(
-            [len(p) for p in prompts], max(1, batch_size // n_samples), model.config.block_size, padded)):
+    batches = batches_by_length([len(p) for p in prompts], max(1, batch_size // n_samples),
+                                model.config.block_size, padded)
+    done, total = 0, sum(len(chunk) for chunk in batches)  # the prompts that fit the context
+    for batch_number, chunk in enumerate(batches):
         rows = [list(prompts[i]) for i in chunk for _ in range(n_samples)]
         width = max(len(row) for row in rows)
         idx = torch.zeros(len(rows), width, dtype=torch.long)  # (rows * n, width), left-padded with id 0
@@ -135,6 +138,9 @@ def generate_from_prompts(model, prompts: Sequence[Sequence[int]], stop_ids: Seq
         new = out[:, width:].tolist()
         for j, i in enumerate(chunk):
             completions[i] = [decode(new[j * n_samples + s]) for s in range(n_samples)]
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)
     return completions
 
 
@@ -242,12 +248,14 @@ def evaluate_model(model, tok, tasks: Sequence[dict], max_new_tokens: int = 128,
                    n_samples: int = 1, temperature: float = 0.0, top_k: Optional[int] = None,
                    top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16,
                    timeout: float = 3.0, workers: Optional[int] = None, isolation: str = "auto",
-                   with_teacher_forcing: bool = True) -> list[dict]:
-    """Generate, run and score every task; one record per task (see minilm.metrics for the keys)."""
+                   with_teacher_forcing: bool = True,
+                   progress: Optional[Callable[[int, int], None]] = None) -> list[dict]:
+    """Generate, run and score every task; one record per task (see minilm.metrics for the keys).
+    progress(tasks generated, tasks) is called as generation goes."""
     if not tasks:
         raise ValueError("no tasks to evaluate; pass a non-empty list of task records")
     completions = generate_completions(model, tok, tasks, max_new_tokens, n_samples, temperature,
-                                       top_k, top_p, seed, batch_size)
+                                       top_k, top_p, seed, batch_size, progress)
     records = score_completions(tasks, completions, timeout, workers, isolation)
     if with_teacher_forcing:
         for record, forced in zip(records, teacher_forced(model, tok, tasks, batch_size)):

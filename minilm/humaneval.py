@@ -208,8 +208,10 @@ def evaluate_humaneval(model, tok, format: str = "plain", *,
                        n: int = 1, temperature: float = 0.0, top_p: Optional[float] = None,
                        max_new_tokens: int = 384, batch_size: int = 16, seed: int = 0,
                        problems: Optional[Sequence[dict]] = None, timeout: float = 5.0,
-                       workers: Optional[int] = None, isolation: str = "auto") -> list[dict]:
+                       workers: Optional[int] = None, isolation: str = "auto",
+                       progress: Optional[Callable[[int, int], None]] = None) -> list[dict]:
     """Generate n completions per problem (greedy by default), run them, one record per problem.
+    progress(problems generated, problems) is called as generation goes.
 
     Generation stops at any of the tokenizer's special tokens (<|endoftext|>, ChatML's <|im_end|>),
     and in the chat format once the reply's first fenced block is closed.
@@ -227,7 +229,8 @@ def evaluate_humaneval(model, tok, format: str = "plain", *,
         closed = fence_closed(tok)
         stop_when = lambda _, ids: closed(ids)  # noqa: E731
     completions = generate_from_prompts(model, prompts, sorted(stops), decode, max_new_tokens, n,
-                                        temperature, None, top_p, seed, batch_size, stop_when=stop_when)
+                                        temperature, None, top_p, seed, batch_size, stop_when=stop_when,
+                                        progress=progress)
     return score_humaneval(problems, completions, format, timeout, workers, isolation)
 
 

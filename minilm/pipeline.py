@@ -293,7 +293,8 @@ def run_eval(cfg: RunConfig, log=print, reuse: bool = True) -> dict:
             log(f"eval: {stage}: reusing eval/{stage}.json (same model and settings; --force redoes it)")
         else:
             records = evaluate_model(*model_and_tokenizer(), tasks, cfg.eval_max_new_tokens,
-                                     batch_size=cfg.eval_batch_size, with_teacher_forcing=cfg.eval_teacher_forcing)
+                                     batch_size=cfg.eval_batch_size, with_teacher_forcing=cfg.eval_teacher_forcing,
+                                     progress=progress_log(f"eval: {stage}", log))
             reports[stage] = build_report(records, label=stage, max_new_tokens=cfg.eval_max_new_tokens)
             write_report({**reports[stage], "inputs_key": key}, run_dir / "eval", stage)
         groups[stage] = _by_split_and_kind(reports[stage]["records"])
@@ -323,6 +324,18 @@ def run_eval(cfg: RunConfig, log=print, reuse: bool = True) -> dict:
     return report
 
 
+def progress_log(what: str, log=print, every: float = 60.0):
+    """A progress(done, total) callback that logs at most once a minute, and at the end."""
+    started, last = time.perf_counter(), [time.perf_counter()]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every or done == total:
+            last[0] = now
+            log(f"{what}: {done}/{total} answers generated in {now - started:.0f} s")
+    return progress
+
+
 def pretrained_description(weights) -> str:
     """What a run's pretrained weights are when they were imported, not trained (minilm.stages.
     import_base records it in the file's metadata, e.g. "SmolLM2-135M-Instruct, Q4_1 GGUF,
@@ -343,7 +356,7 @@ def run_humaneval(cfg: RunConfig, model, tok, stage: str, log=print, inputs_key:
     prompt_format, render_chat = he.prompt_format(tok)
     records = he.evaluate_humaneval(model, tok, prompt_format, render_chat=render_chat, problems=problems,
                                     max_new_tokens=cfg.eval_humaneval_max_new_tokens,
-                                    batch_size=cfg.eval_batch_size)
+                                    batch_size=cfg.eval_batch_size, progress=progress_log(f"eval: {stage} HumanEval", log))
     report = build_report(records, label=stage, benchmark="humaneval", format=prompt_format,
                           max_new_tokens=cfg.eval_humaneval_max_new_tokens)
     write_report({**report, "inputs_key": inputs_key} if inputs_key else report, Path(cfg.out_dir) / "eval",

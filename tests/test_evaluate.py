@@ -166,6 +166,18 @@ def test_batched_generation_equals_one_task_at_a_time(model, tok, tasks):
     assert all(len(s) == 3 for s in sampled)
 
 
+def test_progress_counts_the_prompts_that_fit_batch_by_batch(model, tok, tasks):
+    from minilm.evaluate import generate_from_prompts
+    prompts = [sft.render_prompt(tok, task) for task in tasks[:5]] + [[1] * (model.config.block_size + 1)]
+    calls = []
+    completions = generate_from_prompts(model, prompts, sft.stop_token_ids(tok), tok.decode, max_new_tokens=2,
+                                        batch_size=2, progress=lambda done, total: calls.append((done, total)))
+    assert completions[-1] is None  # too long for the context: never generated, never counted
+    done = [0] + [d for d, _ in calls]  # once per batch (of at most 2), up to the 5 that fit
+    assert done[-1] == 5 and all(1 <= b - a <= 2 for a, b in zip(done, done[1:]))
+    assert {total for _, total in calls} == {5}
+
+
 @pytest.mark.parametrize("family", [dict(position="rope"),
                                     dict(position="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1, bias=False)])
 def test_rotary_models_batch_prompts_of_any_length_left_padded(tok, tasks, family):

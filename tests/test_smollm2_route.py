@@ -140,6 +140,12 @@ def test_the_report_names_the_base_and_has_humaneval_before_and_after(finished_r
     assert "| HumanEval | chat prompt, greedy (pass@1) | 2 |" in markdown
 
 
+def test_the_evaluation_logs_its_progress(finished_run):
+    _, _, log = finished_run
+    for stage in ("pretrain", "finetune"):  # 1 task per split
+        assert f"eval: {stage}: 3/3 answers generated in" in log
+
+
 def test_a_second_run_with_nothing_changed_reuses_every_stage(finished_run):
     argv, out, _ = finished_run
     lines = []
