@@ -90,6 +90,12 @@ def chat_messages(problem: dict) -> list[dict]:
 
 
 # ---------------------------------------------------------------- completion -> program
+def stop_sequence_ended(tok, ids: list[int], stops: Sequence[str] = STOP_SEQUENCES) -> bool:
+    """Whether a stop sequence ends in the last of ids, given none ended earlier (asked once per new
+    token). Every token is at least one byte, so the last len(longest stop) tokens hold it."""
+    return any(stop in tok.decode(ids[-max(map(len, stops)):]) for stop in stops)
+
+
 def truncate_at_stops(completion: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
     """The completion up to the first stop sequence (the continuation of the prompt's function)."""
     cut = min((i for i in (completion.find(s) for s in stops) if i >= 0), default=len(completion))
@@ -214,7 +220,8 @@ def evaluate_humaneval(model, tok, format: str = "plain", *,
     progress(problems generated, problems) is called as generation goes.
 
     Generation stops at any of the tokenizer's special tokens (<|endoftext|>, ChatML's <|im_end|>),
-    and in the chat format once the reply's first fenced block is closed.
+    and once the rest would be cut anyway: in the chat format when the reply's first fenced block
+    is closed, in the plain format at a stop sequence.
     """
     problems = load_problems() if problems is None else list(problems)
     prompts = [prompt_ids(tok, problem, format, render_chat) for problem in problems]
@@ -224,10 +231,11 @@ def evaluate_humaneval(model, tok, format: str = "plain", *,
         cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
         return tok.decode(ids[:cut])
 
-    stop_when = None
     if format == "chat":  # program_for reads the reply's first fenced block, nothing after it
         closed = fence_closed(tok)
         stop_when = lambda _, ids: closed(ids)  # noqa: E731
+    else:  # program_for cuts the continuation at its first stop sequence, nothing after it
+        stop_when = lambda _, ids: stop_sequence_ended(tok, ids)  # noqa: E731
     completions = generate_from_prompts(model, prompts, sorted(stops), decode, max_new_tokens, n,
                                         temperature, None, top_p, seed, batch_size, stop_when=stop_when,
                                         progress=progress)

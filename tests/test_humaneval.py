@@ -174,6 +174,36 @@ def test_evaluate_humaneval_records_in_either_format(model, tok, problems):
         he.evaluate_humaneval(model, tok, "chat", problems=few)
 
 
+def test_a_plain_continuation_stops_generating_at_its_first_stop_sequence(tok, problems):
+    """The tokens after a stop sequence would be cut from the program: they are never generated,
+    and the program is the one the whole continuation gives."""
+    body = "    return sorted(numbers)[0]\n"
+    reply = tok.encode(body + "\n\ndef check(candidate):\n    assert True\n" + "x = 1\n" * 20)
+    consumed = []
+
+    class Scripted(torch.nn.Module):  # continues with `reply`, whatever the prompt
+        config = ModelConfig(vocab_size=tok.vocab_size, block_size=640, n_layer=1, n_head=2, n_embd=32)
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, idx, max_new_tokens, stop_tokens=None, stop_when=None, **_):
+            new = []
+            for token in reply[:max_new_tokens]:
+                new.append(token)
+                if stop_when(0, new):
+                    break
+            consumed.append(len(new))
+            return torch.cat([idx, torch.tensor([new + [stop_tokens[0]] * (max_new_tokens - len(new))])], dim=1)
+
+    record = he.evaluate_humaneval(Scripted(), tok, "plain", problems=problems[:1], max_new_tokens=len(reply))[0]
+    assert record["completions"][0].endswith("\ndef")  # stopped as "\ndef" ended, not at the end
+    assert consumed[0] < len(reply) - 20
+    assert he.program_for(problems[0], record["completions"][0], "plain") == \
+        he.program_for(problems[0], tok.decode(reply), "plain") == problems[0]["prompt"] + body + "\n"
+
+
 def test_a_prompt_longer_than_the_context_is_a_recorded_failure(tok, problems):
     tiny = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
     record = he.evaluate_humaneval(tiny, tok, "plain", problems=problems[:1], max_new_tokens=2)[0]
