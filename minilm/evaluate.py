@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -142,6 +143,18 @@ def generate_from_prompts(model, prompts: Sequence[Sequence[int]], stop_ids: Seq
         if progress is not None:
             progress(done, total)
     return completions
+
+
+def progress_logger(what: str, log=print, every: float = 60.0):
+    """A progress(done, total) callback that logs at most once a minute, and at the end."""
+    started, last = time.perf_counter(), [time.perf_counter()]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every or done == total:
+            last[0] = now
+            log(f"{what}: {done}/{total} answers generated in {now - started:.0f} s")
+    return progress
 
 
 def batches_by_length(lengths: Sequence[int], rows_per_batch: int, block_size: int,

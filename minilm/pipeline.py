@@ -7,7 +7,9 @@ Reuse. Each stage has a key: a hash of the config fields it reads plus the files
 (the tokenizer for pretraining, the pretrained weights for fine-tuning, ...). When a stage
 finishes, RUN_DIR/stages.json records its key and wall time. Next time the stage is skipped if its
 key is unchanged, so changing a fine-tuning option redoes fine-tuning and evaluation but not
-pretraining. `--force` redoes a stage whatever its key.
+pretraining. `--force` redoes a stage whatever its key. Within the eval stage each part (a model's
+tasks, its HumanEval) is saved with its own key as it finishes (eval_part_key): an interrupted
+evaluation resumes, and a new fine-tuning of the same base does not re-evaluate the base.
 
 With a pretrained base (`--init`, minilm/pretrained.py) the tokenizer stage imports the base's
 tokenizer and the pretrain stage its weights; their keys are then the base's files and the model
@@ -264,7 +266,7 @@ def run_eval(cfg: RunConfig, log=print, reuse: bool = True) -> dict:
 
     A part saved by an earlier evaluation of the same model with the same settings is reused
     unless reuse is False (see eval_part_key)."""
-    from minilm.evaluate import build_report, evaluate_model
+    from minilm.evaluate import build_report, evaluate_model, progress_logger
     from minilm.metrics import write_comparison, write_report
     from minilm.stages import runtime_for
     device, _ = runtime_for(cfg)
@@ -294,7 +296,7 @@ def run_eval(cfg: RunConfig, log=print, reuse: bool = True) -> dict:
         else:
             records = evaluate_model(*model_and_tokenizer(), tasks, cfg.eval_max_new_tokens,
                                      batch_size=cfg.eval_batch_size, with_teacher_forcing=cfg.eval_teacher_forcing,
-                                     progress=progress_log(f"eval: {stage}", log))
+                                     progress=progress_logger(f"eval: {stage}", log))
             reports[stage] = build_report(records, label=stage, max_new_tokens=cfg.eval_max_new_tokens)
             write_report({**reports[stage], "inputs_key": key}, run_dir / "eval", stage)
         groups[stage] = _by_split_and_kind(reports[stage]["records"])
@@ -324,18 +326,6 @@ def run_eval(cfg: RunConfig, log=print, reuse: bool = True) -> dict:
     return report
 
 
-def progress_log(what: str, log=print, every: float = 60.0):
-    """A progress(done, total) callback that logs at most once a minute, and at the end."""
-    started, last = time.perf_counter(), [time.perf_counter()]
-
-    def progress(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - last[0] >= every or done == total:
-            last[0] = now
-            log(f"{what}: {done}/{total} answers generated in {now - started:.0f} s")
-    return progress
-
-
 def pretrained_description(weights) -> str:
     """What a run's pretrained weights are when they were imported, not trained (minilm.stages.
     import_base records it in the file's metadata, e.g. "SmolLM2-135M-Instruct, Q4_1 GGUF,
@@ -349,14 +339,15 @@ def run_humaneval(cfg: RunConfig, model, tok, stage: str, log=print, inputs_key:
     """Greedy pass@1 on HumanEval (the first eval_humaneval_problems, or all 164), in the chat format
     for a ChatML tokenizer and as a plain code prefix otherwise; eval/humaneval_{stage}.json and .md."""
     from minilm import humaneval as he
-    from minilm.evaluate import build_report
+    from minilm.evaluate import build_report, progress_logger
     from minilm.metrics import write_report
     problems = he.load_problems()
     problems = problems[:cfg.eval_humaneval_problems] if cfg.eval_humaneval_problems else problems
     prompt_format, render_chat = he.prompt_format(tok)
     records = he.evaluate_humaneval(model, tok, prompt_format, render_chat=render_chat, problems=problems,
                                     max_new_tokens=cfg.eval_humaneval_max_new_tokens,
-                                    batch_size=cfg.eval_batch_size, progress=progress_log(f"eval: {stage} HumanEval", log))
+                                    batch_size=cfg.eval_batch_size,
+                                    progress=progress_logger(f"eval: {stage} HumanEval", log))
     report = build_report(records, label=stage, benchmark="humaneval", format=prompt_format,
                           max_new_tokens=cfg.eval_humaneval_max_new_tokens)
     write_report({**report, "inputs_key": inputs_key} if inputs_key else report, Path(cfg.out_dir) / "eval",
