@@ -31,3 +31,25 @@ def smollm2_gguf_path():
         return default_gguf_path()
     except FileNotFoundError as missing:
         pytest.skip(str(missing))
+
+
+class ScriptedModel(torch.nn.Module):
+    """A stand-in for GPT whose generate() answers `reply` token by token, whatever the prompt,
+    asking stop_when after each token as GPT.generate does; `consumed` holds each row's count."""
+
+    def __init__(self, reply: list[int], config):
+        super().__init__()
+        self.reply, self.config, self.consumed = reply, config, []
+        self.w = torch.nn.Parameter(torch.zeros(1))  # so that the model has a device
+
+    def generate(self, idx, max_new_tokens, stop_tokens=None, stop_when=None, **_):
+        rows = []
+        for row in range(idx.size(0)):
+            new = []
+            for token in self.reply[:max_new_tokens]:
+                new.append(token)
+                if stop_when is not None and stop_when(row, new):
+                    break
+            self.consumed.append(len(new))
+            rows.append(new + [stop_tokens[0]] * (max_new_tokens - len(new)))
+        return torch.cat([idx, torch.tensor(rows)], dim=1)

@@ -19,6 +19,7 @@ from hypothesis import given, strategies as st
 from minilm import sft
 from minilm.checkpoint import save_weights, trainable_state
 from minilm.config import ModelConfig
+from conftest import ScriptedModel
 from minilm.evaluate import (batches_by_length, build_report, evaluate_model, generate_completions,
                              score_completions, teacher_forced)
 from minilm.loss import nll_loss
@@ -255,28 +256,11 @@ def test_generation_ends_a_code_answer_when_its_fenced_block_closes(tok, tasks, 
     no tokens, and the completion is the reply up to its closing fence."""
     from minilm import evaluate
     reply = tok.encode("```python\nx = 1\n```\nThis sets x to one, as you can see.")
-
-    class Scripted(torch.nn.Module):  # answers `reply`, token by token, whatever the prompt
-        config = ModelConfig(vocab_size=tok.vocab_size, block_size=192, n_layer=1, n_head=2, n_embd=32)
-
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def generate(self, idx, max_new_tokens, stop_tokens=None, stop_when=None, **_):
-            rows = []
-            for row in range(idx.size(0)):
-                new = []
-                for token in reply[:max_new_tokens]:
-                    new.append(token)
-                    if stop_when is not None and stop_when(row, new):
-                        break
-                rows.append(new + [stop_tokens[0]] * (max_new_tokens - len(new)))
-            return torch.cat([idx, torch.tensor(rows)], dim=1)
-
     code_task = next(t for t in tasks if t["kind"] == "generate")
     explain_task = next(t for t in tasks if t["kind"] == "explain")
-    fenced, prose = evaluate.generate_completions(Scripted(), tok, [code_task, explain_task],
+    model = ScriptedModel(reply, ModelConfig(vocab_size=tok.vocab_size, block_size=192, n_layer=1, n_head=2,
+                                             n_embd=32))
+    fenced, prose = evaluate.generate_completions(model, tok, [code_task, explain_task],
                                                   max_new_tokens=len(reply) + 2)
     assert fenced == [tok.decode(reply).split("\nThis")[0]]  # up to the closing fence
     assert prose == [tok.decode(reply)]  # an explanation is prose: read to the end

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from conftest import ScriptedModel
 from minilm import humaneval as he
 from minilm import sft
 from minilm.checkpoint import save_weights, trainable_state
@@ -179,27 +180,11 @@ def test_a_plain_continuation_stops_generating_at_its_first_stop_sequence(tok, p
     and the program is the one the whole continuation gives."""
     body = "    return sorted(numbers)[0]\n"
     reply = tok.encode(body + "\n\ndef check(candidate):\n    assert True\n" + "x = 1\n" * 20)
-    consumed = []
-
-    class Scripted(torch.nn.Module):  # continues with `reply`, whatever the prompt
-        config = ModelConfig(vocab_size=tok.vocab_size, block_size=640, n_layer=1, n_head=2, n_embd=32)
-
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def generate(self, idx, max_new_tokens, stop_tokens=None, stop_when=None, **_):
-            new = []
-            for token in reply[:max_new_tokens]:
-                new.append(token)
-                if stop_when(0, new):
-                    break
-            consumed.append(len(new))
-            return torch.cat([idx, torch.tensor([new + [stop_tokens[0]] * (max_new_tokens - len(new))])], dim=1)
-
-    record = he.evaluate_humaneval(Scripted(), tok, "plain", problems=problems[:1], max_new_tokens=len(reply))[0]
+    model = ScriptedModel(reply, ModelConfig(vocab_size=tok.vocab_size, block_size=640, n_layer=1, n_head=2,
+                                             n_embd=32))
+    record = he.evaluate_humaneval(model, tok, "plain", problems=problems[:1], max_new_tokens=len(reply))[0]
     assert record["completions"][0].endswith("\ndef")  # stopped as "\ndef" ended, not at the end
-    assert consumed[0] < len(reply) - 20
+    assert model.consumed[0] < len(reply) - 20
     assert he.program_for(problems[0], record["completions"][0], "plain") == \
         he.program_for(problems[0], tok.decode(reply), "plain") == problems[0]["prompt"] + body + "\n"
 
