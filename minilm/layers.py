@@ -113,6 +113,46 @@ class KVCache:
         if self.real is not None:
             self.real = self.real[rows]
 
+    def first_real(self) -> torch.Tensor:
+        """(B,) the column of each row's first real position (0 when nothing was padded)."""
+        if self.real is None:
+            return torch.zeros(self.k.size(1), dtype=torch.long, device=self.k.device)
+        seen = self.real[:, :self.length]
+        return torch.where(seen.any(1), seen.int().argmax(1), self.length)
+
+    # Continuous batching (minilm.continuous_batching) keeps one cache for a pool of rows whose
+    # prompts start at different steps: each row's positions are right-aligned at `length`, and
+    # the columns before its first real one are padding. Positions count a row's real tokens only
+    # (GPT.forward), so moving a row's columns or starting it late changes nothing it computes.
+    def realign(self, start: int, end: int) -> None:
+        """Move the stored columns [start, length) to end at column `end`: left, to drop padding
+        every row has; right, to make room for a longer prompt. The columns before are padding."""
+        n = self.length - start
+        if end > self.max_len or n > end:
+            raise ValueError(f"cannot move {n} columns to end at {end} in a cache of {self.max_len}")
+        if self.real is None:
+            self.real = torch.ones(self.k.size(1), self.max_len, dtype=torch.bool, device=self.k.device)
+        if end - n != start:
+            for layer in range(self.k.size(0)):  # a layer at a time: the copies the overlap needs stay small
+                self.k[layer, :, :, end - n:end] = self.k[layer, :, :, start:self.length].clone()
+                self.v[layer, :, :, end - n:end] = self.v[layer, :, :, start:self.length].clone()
+            self.real[:, end - n:end] = self.real[:, start:self.length].clone()
+            self.real[:, :end - n] = False
+        self.length = end
+
+    def place(self, rows: torch.Tensor, other: "KVCache") -> None:
+        """Write the rows of `other` (a prefill, no longer than this cache so far) into these rows,
+        right-aligned at `length`; what the rows held before is gone."""
+        width, end = other.length, self.length
+        if width > end:
+            raise ValueError(f"a prefill of {width} columns does not fit before column {end}; realign first")
+        if self.real is None:
+            self.real = torch.ones(self.k.size(1), self.max_len, dtype=torch.bool, device=self.k.device)
+        self.k[:, rows, :, end - width:end] = other.k[:, :, :, :width]
+        self.v[:, rows, :, end - width:end] = other.v[:, :, :, :width]
+        self.real[rows] = False
+        self.real[rows, end - width:end] = True if other.real is None else other.real[:, :width]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store this step's k, v (B, n_kv, T, hs) and return all keys and values so far."""
         start, end = self.length, self.length + k.size(2)
@@ -188,6 +228,12 @@ class CausalSelfAttention(nn.Module):
             gqa = n_kv != nh
             if k.size(2) == T and key_mask is None:  # the plain causal case, which flash attention handles
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+            elif T == 1 and gqa:  # one new token per row (decoding) sees every key not hidden as padding:
+                # its group's query heads become query rows of their shared key/value head, so no
+                # key is repeated per head (1.4-1.7x faster than enable_gqa on a CPU at SmolLM2's 9/3)
+                mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, past + 1)
+                y = F.scaled_dot_product_attention(q.reshape(B, n_kv, nh // n_kv, hs), k, v, attn_mask=mask,
+                                                   dropout_p=dropout_p).view(B, nh, 1, hs)
             else:  # queries at the end of a cached prefix, or padding: the explicit mask
                 mask = causal_mask(T, k.size(2), x.device, key_mask)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
