@@ -17,7 +17,9 @@ than a decode step: the first version, which did that, was 1.5x faster than fixe
 Each row computes what it would alone: greedy results equal one prompt at a time (tests/
 test_continuous_batching.py), and a sampled row draws from its own generator, seeded by the seed
 and the row, so what it samples does not depend on which rows share its steps.
-Prompts enter in order of length, so that a prefill batch holds little padding.
+Prompts enter in order of length, so that a prefill batch holds little padding, and the tokens
+they all start with (a chat format's system turn, 24 of SmolLM2's 73 per task) are computed once
+and copied into each prefill (shared_prefix; 4-8% of the eval's generation time).
 """
 from __future__ import annotations
 
