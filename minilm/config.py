@@ -256,9 +256,8 @@ PRESETS: dict[str, RunConfig] = {
     #     tokenizer; a longer answer is a rambling one) and 320 per HumanEval answer (the whole
     #     function in a fenced block, as measured before filing); a code answer ends where its
     #     fenced block closes (the prose after it is never read);
-    #   - evaluation decodes a pool of 32 rows refilled as rows finish (continuous batching, the
-    #     system turn computed once): 2x the answers per second of fixed batches of 16, the same
-    #     answers (bench/bench_smollm2_fast.py generate); the eval stage took 19 min, not 38;
+    #   - evaluation by continuous batching, a pool of 32 rows: 2.25x fixed batches of 16, the same
+    #     answers (bench/bench_smollm2_fast.py generate); the eval stage took 17 min, not 38;
     #   - no teacher-forced loss in the evaluation (a forward pass over 900 tasks per model, minutes
     #     at 135M parameters; the fine-tuning stage's validation loss says the same).
     "smollm2": RunConfig(

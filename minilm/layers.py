@@ -102,9 +102,7 @@ class KVCache:
     def remember_real(self, real: torch.Tensor) -> torch.Tensor:
         """Record which of the next T positions are real (B, T); return the key mask (B, length + T)."""
         start, end = self.length, self.length + real.size(1)
-        if self.real is None:  # positions stored so far were all real
-            self.real = torch.ones(real.size(0), self.max_len, dtype=torch.bool, device=real.device)
-        self.real[:, start:end] = real
+        self.real_columns()[:, start:end] = real
         return self.real[:, :end]
 
     def keep_rows(self, rows: torch.Tensor) -> None:
@@ -112,6 +110,12 @@ class KVCache:
         self.k, self.v = self.k[:, rows], self.v[:, rows]
         if self.real is not None:
             self.real = self.real[rows]
+
+    def real_columns(self) -> torch.Tensor:
+        """`real`, made on first need: the positions stored before any padding was seen were all real."""
+        if self.real is None:
+            self.real = torch.ones(self.k.size(1), self.max_len, dtype=torch.bool, device=self.k.device)
+        return self.real
 
     def first_real(self) -> torch.Tensor:
         """(B,) the column of each row's first real position (0 when nothing was padded)."""
@@ -130,14 +134,13 @@ class KVCache:
         n = self.length - start
         if end > self.max_len or n > end:
             raise ValueError(f"cannot move {n} columns to end at {end} in a cache of {self.max_len}")
-        if self.real is None:
-            self.real = torch.ones(self.k.size(1), self.max_len, dtype=torch.bool, device=self.k.device)
+        real = self.real_columns()
         if end - n != start:
             for layer in range(self.k.size(0)):  # a layer at a time: the copies the overlap needs stay small
                 self.k[layer, :, :, end - n:end] = self.k[layer, :, :, start:self.length].clone()
                 self.v[layer, :, :, end - n:end] = self.v[layer, :, :, start:self.length].clone()
-            self.real[:, end - n:end] = self.real[:, start:self.length].clone()
-            self.real[:, :end - n] = False
+            real[:, end - n:end] = real[:, start:self.length].clone()
+            real[:, :end - n] = False
         self.length = end
 
     def place(self, rows: torch.Tensor, other: "KVCache") -> None:
@@ -146,12 +149,11 @@ class KVCache:
         width, end = other.length, self.length
         if width > end:
             raise ValueError(f"a prefill of {width} columns does not fit before column {end}; realign first")
-        if self.real is None:
-            self.real = torch.ones(self.k.size(1), self.max_len, dtype=torch.bool, device=self.k.device)
         self.k[:, rows, :, end - width:end] = other.k[:, :, :, :width]
         self.v[:, rows, :, end - width:end] = other.v[:, :, :, :width]
-        self.real[rows] = False
-        self.real[rows, end - width:end] = True if other.real is None else other.real[:, :width]
+        real = self.real_columns()
+        real[rows] = False
+        real[rows, end - width:end] = True if other.real is None else other.real[:, :width]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store this step's k, v (B, n_kv, T, hs) and return all keys and values so far."""
