@@ -1,6 +1,6 @@
 """The fast paths of SmolLM2-135M-Instruct in our decoder, each against the slow path in the same run.
 
-    python bench/bench_smollm2_fast.py train      # LoRA step: head over all positions vs counted ones
+    python bench/bench_smollm2_fast.py train      # LoRA step: head over all positions vs counted ones, shared prefix
     python bench/bench_smollm2_fast.py memory     # peak RSS of the head + loss, one chunk vs chunked
     python bench/bench_smollm2_fast.py generate   # greedy tokens/s: fixed batches vs continuous batching
 
@@ -10,7 +10,9 @@ tokenizer; examples are task-suite tasks in ChatML (minilm.sft.ChatFormat). Thre
             positions; --counted 0.4 counts the last 40% of every row instead of the examples' own
             masks); forward + backward + AdamW step; "full head": model(idx) then
             sequence_nll over all (B, T, V) logits (the trainer before); "counted rows":
-            model(idx, return_hidden=True) then minilm.loss.head_sequence_nll (the trainer now).
+            model(idx, return_hidden=True) then minilm.loss.head_sequence_nll; "shared prefix":
+            the same with the system turn every row starts with computed once (share_prefix=True,
+            the trainer now).
             Tokens/s counts every position of the batch (B x T), medians over --steps.
   memory    head_sequence_nll forward + backward on random hidden states (N rows, all counted)
             in a subprocess each, peak RSS over the RSS before; --rows N (default 4096).
@@ -82,7 +84,11 @@ def bench_train(args):
     def counted_rows(idx, targets, mask):
         return head_sequence_nll(model(idx, return_hidden=True), model.lm_head, targets, mask)[0]
 
-    paths = (("full head", full_head), ("counted rows", counted_rows))
+    def shared_prefix(idx, targets, mask):
+        hidden = model(idx, return_hidden=True, share_prefix=True)
+        return head_sequence_nll(hidden, model.lm_head, targets, mask)[0]
+
+    paths = (("full head", full_head), ("counted rows", counted_rows), ("shared prefix", shared_prefix))
     wall, cpu, flops = ({name: [] for name, _ in paths} for _ in range(3))
     for step, (idx, targets, mask) in enumerate(batches):
         for name, fn in paths:  # interleaved, so both see the same machine load

@@ -166,6 +166,33 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+class SharedPrefix:
+    """Keys and values of the tokens every row of a batch starts with, computed for one row and
+    broadcast to the others (GPT.forward with share_prefix=True).
+
+    Chat examples all open with the same system turn (24 of SmolLM2's ~95 tokens per fine-tuning
+    example); computing it once per batch instead of once per row is the same function with about
+    a fifth fewer FLOPs. Unlike KVCache nothing is written in place: the rows' keys are the
+    prefix's concatenated with their own, so gradients flow back into the prefix (training).
+    """
+    real = None  # no padding inside a prefix: the rows after it see all of it
+
+    def __init__(self):
+        self.k: list[torch.Tensor] = []  # per layer, (1, n_kv, prefix length, hs)
+        self.v: list[torch.Tensor] = []
+        self.length = 0  # the prefix's length once its forward pass ran (GPT.forward advances it)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """The prefix's own pass stores its k, v; a later pass gets them in front of its own."""
+        if self.length == 0:
+            self.k.append(k)
+            self.v.append(v)
+            return k, v
+        B = k.size(0)
+        return (torch.cat([self.k[layer].expand(B, -1, -1, -1), k], dim=2),
+                torch.cat([self.v[layer].expand(B, -1, -1, -1), v], dim=2))
+
+
 def reference_attention(q, k, v, mask):
     """softmax(Q K^T / sqrt(d_head) + mask) V, written out, with grouped-query attention.
 

@@ -27,8 +27,17 @@ import torch
 import torch.nn as nn
 
 from minilm.config import ModelConfig
-from minilm.layers import KVCache, CausalSelfAttention, make_mlp, make_norm, rotary_cos_sin
+from minilm.layers import KVCache, CausalSelfAttention, SharedPrefix, make_mlp, make_norm, rotary_cos_sin
 from minilm.linear import Linear
+
+
+def shared_prefix_length(idx: torch.Tensor) -> int:
+    """How many leading tokens all rows of idx (B, T) have in common, leaving each row at least one
+    of its own; 0 for a single row."""
+    if idx.size(0) < 2:
+        return 0
+    same = (idx == idx[:1]).all(dim=0)  # (T,) columns where every row has row 0's token
+    return min(int(same.int().cumprod(dim=0).sum()), idx.size(1) - 1)
 
 
 class Block(nn.Module):
@@ -75,7 +84,8 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None,
-                attention_mask: Optional[torch.Tensor] = None, return_hidden: bool = False) -> torch.Tensor:
+                attention_mask: Optional[torch.Tensor] = None, return_hidden: bool = False,
+                share_prefix: bool = False) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, vocab_size). With a cache, idx continues its prefix.
 
         attention_mask (B, T), 1 at real tokens and 0 at padding (Hugging Face's convention), lets
@@ -88,7 +98,15 @@ class GPT(nn.Module):
         return_hidden=True stops before the head: the final hidden states (B, T, n_embd), for
         whoever needs logits at a few positions only (minilm.loss.head_sequence_nll, the last
         position in generation).
+
+        share_prefix=True computes the tokens every row starts with once, for one row, and the rest
+        of each row after them (SharedPrefix): the same function, for fewer FLOPs when a batch of
+        chat examples shares its system turn (fine-tuning; rows without a common start run as usual).
         """
+        if share_prefix and cache is None and attention_mask is None:
+            n = shared_prefix_length(idx)
+            if n > 0:
+                return self._forward_after_prefix(idx, n, return_hidden)
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -117,6 +135,13 @@ class GPT(nn.Module):
             cache.length += T
         hidden = self.transformer.ln_f(x)  # (B, T, C)
         return hidden if return_hidden else self.lm_head(hidden)  # (B, T, V)
+
+    def _forward_after_prefix(self, idx: torch.Tensor, n: int, return_hidden: bool) -> torch.Tensor:
+        """forward(idx) for rows whose first n tokens agree: those n once, then the rest after them."""
+        prefix = SharedPrefix()
+        head = self(idx[:1, :n], prefix, return_hidden=return_hidden)  # (1, n, ·): advances prefix.length
+        rest = self(idx[:, n:], prefix, return_hidden=return_hidden)  # (B, T - n, ·), positions from n
+        return torch.cat([head.expand(idx.size(0), -1, -1), rest], dim=1)
 
     # ---------------------------------------------------------------- size and speed
     def lookup_tables(self) -> list[nn.Parameter]:

@@ -169,3 +169,11 @@ def peak_flops(device: torch.device, dtype: torch.dtype, override: float = 0.0) 
                 return flops, f"datasheet bf16 peak of {name}"
     n = 4096 if device.type == "cuda" else 1024
     return measured_matmul_flops(device.type, dtype, n), f"measured {n}x{n} {str(dtype)[6:]} matmul"
+
+
+def format_duration(seconds: float) -> str:
+    """42s, 3m07s, 1h05m: a training log's time left."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

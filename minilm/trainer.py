@@ -44,8 +44,9 @@ from minilm import checkpoint as ckpt
 from minilm.early_stopping import EarlyStopping
 from minilm.distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, sync_context
 from minilm.loss import head_sequence_nll, head_sequence_stats
+from minilm.model import shared_prefix_length
 from minilm.optim import lr_at, make_optimizer, set_lr
-from minilm.runtime import autocast, peak_flops
+from minilm.runtime import autocast, format_duration, peak_flops
 
 DROPOUT_STREAM = 1  # the last part of dropout seeds, so they differ from the batch sampler's (seed, step, micro)
 
@@ -116,8 +117,8 @@ def estimate_loss(model: nn.Module, batches, normalize: str, device, dtype) -> d
         idx, targets = batch.idx.to(device), batch.targets.to(device)
         mask = None if batch.loss_mask is None else batch.loss_mask.to(device)
         with autocast(torch.device(device), dtype):  # the head only where the loss counts
-            nll_sum, n_tokens, hits = head_sequence_stats(model(idx, return_hidden=True), model.lm_head,
-                                                          targets, mask)
+            hidden = model(idx, return_hidden=True, share_prefix=True)
+            nll_sum, n_tokens, hits = head_sequence_stats(hidden, model.lm_head, targets, mask)
         nll += nll_sum.sum().item()
         tokens += int(n_tokens.sum())
         examples += int((n_tokens > 0).sum())
@@ -129,13 +130,6 @@ def estimate_loss(model: nn.Module, batches, normalize: str, device, dtype) -> d
     return {"val_loss": token_loss if normalize == "token" else nll / examples,
             "val_token_loss": token_loss, "val_ppl": math.exp(min(token_loss, 50.0)),
             "val_token_acc": correct / tokens}
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 @dataclass
@@ -171,6 +165,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, schedule.lr, schedule.weight_decay, schedule.betas,
                                         self.device.type, groups=param_groups, kind=schedule.optimizer)
         self.model = model  # what the steps call: compiled and/or DDP-wrapped; saving uses raw_model
+        self.compiled = compile
         if compile:
             self.model = torch.compile(self.model)
         if dist.enabled:
@@ -201,12 +196,14 @@ class Trainer:
             idx, targets = self._to_device(batch.idx), self._to_device(batch.targets)
             mask = None if batch.loss_mask is None else self._to_device(batch.loss_mask)
             with sync_context(model, sync=i == len(batches) - 1), autocast(self.device, self.dtype):
-                hidden = model(idx, return_hidden=True)  # (B, T, C): the head runs where the loss counts
+                # (B, T, C), the head runs where the loss counts; a system turn all rows share runs once
+                hidden = model(idx, return_hidden=True, share_prefix=not self.compiled)
                 nll_sum, _ = head_sequence_nll(hidden, self.raw_model.lm_head, targets, mask)  # (B,) summed -log p
                 loss = nll_sum.sum() * scale
             loss.backward()
             nll_total += nll_sum.sum().detach()
-            tokens += idx.numel()
+            shared = 0 if self.compiled else shared_prefix_length(idx)
+            tokens += idx.numel() - (idx.size(0) - 1) * shared  # positions computed: MFU counts work done
             self.seq_len = idx.size(1)  # for MFU: attention's cost grows with it
         return nll_total.item() / max(local_weight, 1), tokens * self.dist.world_size
 
