@@ -31,13 +31,16 @@ from minilm.layers import KVCache, CausalSelfAttention, SharedPrefix, make_mlp, 
 from minilm.linear import Linear
 
 
-def shared_prefix_length(idx: torch.Tensor) -> int:
+def shared_prefix_length(idx: torch.Tensor, min_saving: float = 0.1) -> int:
     """How many leading tokens all rows of idx (B, T) have in common, leaving each row at least one
-    of its own; 0 for a single row."""
-    if idx.size(0) < 2:
+    of its own; 0 for a single row, or when computing them once would save less than min_saving of
+    the batch's positions (a second pass is not free: our own format's one-token <|task|> start)."""
+    B, T = idx.shape
+    if B < 2:
         return 0
     same = (idx == idx[:1]).all(dim=0)  # (T,) columns where every row has row 0's token
-    return min(int(same.int().cumprod(dim=0).sum()), idx.size(1) - 1)
+    n = min(int(same.int().cumprod(dim=0).sum()), T - 1)
+    return n if (B - 1) * n >= min_saving * B * T else 0
 
 
 class Block(nn.Module):

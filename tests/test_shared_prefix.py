@@ -77,7 +77,7 @@ def test_shared_prefix_under_lora_trains_the_same_adapters(s, data):
 def test_shared_prefix_length_is_the_longest_common_start(B, T, n, seed):
     idx = torch.randint(0, 3, (B, T), generator=torch.Generator().manual_seed(seed))
     idx[:, :n] = idx[0, :n].clone()
-    length = shared_prefix_length(idx)
+    length = shared_prefix_length(idx, min_saving=0)
     if B == 1:
         assert length == 0
         return
@@ -86,6 +86,9 @@ def test_shared_prefix_length_is_the_longest_common_start(B, T, n, seed):
     assert length >= min(n, T - 1)
     if length < T - 1:  # maximal: the next column differs somewhere
         assert not (idx[:, length] == idx[0, length]).all()
+    # by default only a start worth a second pass counts: a tenth of the positions saved or more
+    worth = (B - 1) * length >= 0.1 * B * T
+    assert shared_prefix_length(idx) == (length if worth else 0)
 
 
 def test_a_fine_tuning_step_is_the_same_with_and_without_the_shared_prefix():
