@@ -1,7 +1,6 @@
 """A start every row of a batch shares (a chat format's system turn) computed once: the same
 logits and the same gradients as computing it in every row, for both families' choices, both
 attention paths and LoRA; and the trainer's step with it equals the step without it."""
-from dataclasses import replace
 
 import torch
 from hypothesis import given, strategies as st
