@@ -249,13 +249,13 @@ PRESETS: dict[str, RunConfig] = {
     #     (the base's 9/164). Blocks 15-29 only, 300 steps at lr 1e-3 (the backward pass stops at
     #     block 15; 1.95 s a step vs 3.3-3.7): 94.5 / 80.3 / 95.3%, HumanEval 6.7%; all 30 blocks at
     #     lr 1e-3: 300 steps 98.3 / 83.7 / 95.3% but ~34 min, 200 steps HumanEval 4.9%; r=16 on
-    #     blocks 15-29: 88.7 / 74.5 / 82.9%. Fine-tuning takes 12-13 min in fp32 at 2 threads;
+    #     blocks 15-29: 88.7 / 74.5 / 82.9%. In one piece, fp32 at 2 threads: 26 min 43 s;
     #   - 160 new tokens per task answer (the suite's solutions are well under 100 tokens in SmolLM2's
     #     tokenizer; a longer answer is a rambling one) and 320 per HumanEval answer (the whole
     #     function in a fenced block, as measured before filing); a code answer ends where its
     #     fenced block closes (the prose after it is never read);
     #   - evaluation by continuous batching, a pool of 32 rows: 2.25x fixed batches of 16, the same
-    #     answers (bench/bench_smollm2_fast.py generate); the eval stage took 17 min, not 38;
+    #     answers (bench/bench_smollm2_fast.py generate); the eval stage took 15.6 min, not 38;
     #   - no teacher-forced loss in the evaluation (a forward pass over 900 tasks per model, minutes
     #     at 135M parameters; the fine-tuning stage's validation loss says the same).
     "smollm2": RunConfig(
