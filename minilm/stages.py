@@ -199,8 +199,8 @@ def run_pretrain(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
         task_batches = sft_batches(examples, cfg.ft_batch_size, cfg.seed + 1, cfg.ft_group_by_length)
         batches = mixed_batches(batches, task_batches, cfg.pretrain_task_mix, cfg.seed)
     trainer = Trainer(model, pretrain_schedule(cfg), batches, evaluate, save_best, cfg.out_dir,
-                      device=device, dtype=dtype, dist=dist, compile=cfg.compile, run_info={**info, "config": to_dict(cfg)},
-                      peak_flops_override=cfg.peak_flops, log=log)
+                      device=device, dtype=dtype, dist=dist, compile=cfg.compile, share_prefix=cfg.model.dropout == 0,
+                      run_info={**info, "config": to_dict(cfg)}, peak_flops_override=cfg.peak_flops, log=log)
     return trainer.fit(resume=resume)
 
 
@@ -303,9 +303,15 @@ def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
 
     batches = sft_batches(train_examples, cfg.ft_batch_size, cfg.seed, cfg.ft_group_by_length)
     trainer = Trainer(model, finetune_schedule(cfg), batches, evaluate, save_best, cfg.out_dir, device=device,
-                      dtype=dtype, dist=dist, compile=cfg.compile, param_groups=groups,
-                      run_info={**info, "config": to_dict(cfg)}, peak_flops_override=cfg.peak_flops, log=log)
+                      dtype=dtype, dist=dist, compile=cfg.compile, share_prefix=finetune_is_noiseless(cfg),
+                      param_groups=groups, run_info={**info, "config": to_dict(cfg)}, peak_flops_override=cfg.peak_flops,
+                      log=log)
     return trainer.fit(resume=resume)
+
+
+def finetune_is_noiseless(cfg: RunConfig) -> bool:
+    """No dropout and no NEFTune: a fine-tuning step may compute the start its rows share once."""
+    return cfg.model.dropout == 0 and cfg.lora_dropout == 0 and cfg.ft_neftune_alpha == 0
 
 
 def _save_adapter_atomic(model, stage_dir: Path) -> None:

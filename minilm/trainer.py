@@ -148,12 +148,14 @@ class Trainer:
     evaluate(model) -> dict            validation metrics, including schedule.metric
     save_best(model, stage_dir, info)  writes the stage's stable output file(s); called at each
                                        improvement of the metric (info: step and metrics)
+    share_prefix=True computes a start all rows of a micro-batch share once (GPT.forward); pass False
+    when the forward pass draws noise (dropout, NEFTune), which one computed start would share too.
     """
 
     def __init__(self, model: nn.Module, schedule: Schedule, batches: Callable[[int, int], Batch],
                  evaluate: Callable[[nn.Module], dict], save_best: Callable, run_dir, *,
                  device="cpu", dtype=torch.float32, dist: DistInfo = DistInfo(), compile: bool = False,
-                 param_groups: Optional[list] = None, run_info: Optional[dict] = None,
+                 share_prefix: bool = True, param_groups: Optional[list] = None, run_info: Optional[dict] = None,
                  peak_flops_override: float = 0.0, log: Callable[[str], None] = print):
         self.raw_model, self.schedule = model, schedule
         self.batches, self.evaluate, self.save_best = batches, evaluate, save_best
@@ -165,7 +167,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, schedule.lr, schedule.weight_decay, schedule.betas,
                                         self.device.type, groups=param_groups, kind=schedule.optimizer)
         self.model = model  # what the steps call: compiled and/or DDP-wrapped; saving uses raw_model
-        self.compiled = compile
+        self.share_prefix = share_prefix and not compile  # a compiled graph has one shape per call
         if compile:
             self.model = torch.compile(self.model)
         if dist.enabled:
@@ -197,12 +199,12 @@ class Trainer:
             mask = None if batch.loss_mask is None else self._to_device(batch.loss_mask)
             with sync_context(model, sync=i == len(batches) - 1), autocast(self.device, self.dtype):
                 # (B, T, C), the head runs where the loss counts; a system turn all rows share runs once
-                hidden = model(idx, return_hidden=True, share_prefix=not self.compiled)
+                hidden = model(idx, return_hidden=True, share_prefix=self.share_prefix)
                 nll_sum, _ = head_sequence_nll(hidden, self.raw_model.lm_head, targets, mask)  # (B,) summed -log p
                 loss = nll_sum.sum() * scale
             loss.backward()
             nll_total += nll_sum.sum().detach()
-            shared = 0 if self.compiled else shared_prefix_length(idx)
+            shared = shared_prefix_length(idx) if self.share_prefix else 0
             tokens += idx.numel() - (idx.size(0) - 1) * shared  # positions computed: MFU counts work done
             self.seq_len = idx.size(1)  # for MFU: attention's cost grows with it
         return nll_total.item() / max(local_weight, 1), tokens * self.dist.world_size

@@ -1,13 +1,18 @@
 """A start every row of a batch shares (a chat format's system turn) computed once: the same
 logits and the same gradients as computing it in every row, for both families' choices, both
-attention paths and LoRA; and the trainer's step with it equals the step without it."""
+attention paths and LoRA; and the trainer's step with it equals the step without it, which
+fine-tuning with noise (NEFTune, dropout) turns off."""
+
+from dataclasses import replace
 
 import torch
 from hypothesis import given, strategies as st
 
 from minilm import lora
-from minilm.config import MLPS, NORMS, ModelConfig
+from minilm.config import MLPS, NORMS, PRESETS, ModelConfig
 from minilm.model import GPT, shared_prefix_length
+from minilm.sft import add_embedding_noise
+from minilm.stages import finetune_is_noiseless
 from minilm.trainer import Batch, Schedule, Trainer
 
 shapes = st.fixed_dictionaries({
@@ -105,12 +110,11 @@ def test_a_fine_tuning_step_is_the_same_with_and_without_the_shared_prefix():
                         grad_accum=1, eval_interval=1, log_interval=1, normalize="sequence")
     start = {k: v.clone() for k, v in lora.apply_lora(GPT(config), r=4, alpha=8.0).state_dict().items()}
     results = []
-    for compiled in (False, True):
+    for share_prefix in (True, False):
         model = lora.apply_lora(GPT(config), r=4, alpha=8.0)
         model.load_state_dict(start)
         trainer = Trainer(model, schedule, lambda step, micro: batch, lambda m: {}, lambda *a: None, "/nonexistent",
-                          log=lambda *_: None)
-        trainer.compiled = compiled  # the plain forward, as under torch.compile (without compiling)
+                          share_prefix=share_prefix, log=lambda *_: None)
         loss, _, tokens = trainer.train_step(0)
         results.append((loss, tokens, {k: v.clone() for k, v in model.state_dict().items()}))
     (loss_shared, tokens_shared, after_shared), (loss_plain, tokens_plain, after_plain) = results
@@ -118,3 +122,23 @@ def test_a_fine_tuning_step_is_the_same_with_and_without_the_shared_prefix():
     assert (tokens_shared, tokens_plain) == (4 * 20 - 3 * 8, 4 * 20)  # positions computed
     for name in after_plain:
         torch.testing.assert_close(after_shared[name], after_plain[name], rtol=1e-4, atol=1e-6)
+
+
+def test_fine_tuning_shares_the_start_only_without_noise():
+    """Under NEFTune (or dropout) each row must draw its own noise, which one computed start cannot:
+    the shared start gives every row the same noisy prefix, so the finetune stage turns it off."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=40, block_size=24, n_layer=1, n_head=2, n_embd=16, position="rope")
+    model = GPT(config).train()
+    add_embedding_noise(model, alpha=50.0)
+    idx = torch.randint(0, 40, (3, 20))
+    idx[:] = idx[0]  # identical rows: only the noise can tell them apart
+    shared = model(idx, return_hidden=True, share_prefix=True)
+    plain = model(idx, return_hidden=True, share_prefix=False)
+    assert torch.equal(shared[0, :18], shared[1, :18])  # one draw for the shared start
+    assert not torch.allclose(plain[0], plain[1])  # a draw per row
+    preset = PRESETS["smollm2"]
+    assert finetune_is_noiseless(preset)
+    for noisy in (replace(preset, ft_neftune_alpha=5.0), replace(preset, lora_dropout=0.1),
+                  replace(preset, model=replace(preset.model, dropout=0.1))):
+        assert not finetune_is_noiseless(noisy)
