@@ -249,7 +249,8 @@ PRESETS: dict[str, RunConfig] = {
     #     (the base's 9/164). Blocks 15-29 only, 300 steps at lr 1e-3 (the backward pass stops at
     #     block 15; 1.95 s a step vs 3.3-3.7): 94.5 / 80.3 / 95.3%, HumanEval 6.7%; all 30 blocks at
     #     lr 1e-3: 300 steps 98.3 / 83.7 / 95.3% but ~34 min, 200 steps HumanEval 4.9%; r=16 on
-    #     blocks 15-29: 88.7 / 74.5 / 82.9%. In one piece, fp32 at 2 threads: 26 min 43 s;
+    #     blocks 15-29: 88.7 / 74.5 / 82.9%. In one piece, fp32 at 2 threads: 26 min 43 s. Not kept,
+    #     test_phrasing within noise: NEFTune 5 (84.9%, 2 min more), the adapter scaled 0.8 (85.8%);
     #   - 160 new tokens per task answer (the suite's solutions are well under 100 tokens in SmolLM2's
     #     tokenizer; a longer answer is a rambling one) and 320 per HumanEval answer (the whole
     #     function in a fenced block, as measured before filing); a code answer ends where its
