@@ -148,8 +148,7 @@ class Trainer:
     evaluate(model) -> dict            validation metrics, including schedule.metric
     save_best(model, stage_dir, info)  writes the stage's stable output file(s); called at each
                                        improvement of the metric (info: step and metrics)
-    share_prefix=True computes a start all rows of a micro-batch share once (GPT.forward); pass False
-    when the forward pass draws noise (dropout, NEFTune), which one computed start would share too.
+    share_prefix: compute a start all rows share once (GPT.forward); False if a step draws noise.
     """
 
     def __init__(self, model: nn.Module, schedule: Schedule, batches: Callable[[int, int], Batch],
