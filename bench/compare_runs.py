@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minilm import checkpoint as ckpt  # noqa: E402
-from minilm.pipeline import EVAL_SPLITS, read_stages  # noqa: E402
+from minilm.stages.eval import EVAL_SPLITS  # noqa: E402
+from minilm.stages.reuse import read_stages
 
 STAGES = ("tokenizer", "pretrain", "finetune", "eval")
 

@@ -4,9 +4,9 @@
 
 Reads RUN/eval/STAGE.json (the eval stage's per-task records: statuses and details of each
 completion) and sorts every failed completion of a code task (generate, repair) into one of
-minilm.failures.CATEGORIES (syntax, wrong_name, wrong_arguments, wrong_logic, exception, other).
+minilm.evaluation.failures.CATEGORIES (syntax, wrong_name, wrong_arguments, wrong_logic, exception, other).
 The tasks' entry points and reference code come from the task suite itself, regenerated with the
-run's task_seed (minilm.pipeline.eval_tasks), since the records do not carry them.
+run's task_seed (minilm.stages.pipeline.eval_tasks), since the records do not carry them.
 
 Printed: a table of failures by split x family x category (with each row's failed / code
 completions), the totals per split, then up to --examples failures of each category: the task's
@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minilm import checkpoint as ckpt  # noqa: E402
 from minilm.config import from_dict  # noqa: E402
-from minilm.failures import CATEGORIES, DESCRIPTIONS, classify_failure  # noqa: E402
-from minilm.pipeline import EVAL_SPLITS, eval_tasks  # noqa: E402
+from minilm.evaluation.failures import CATEGORIES, DESCRIPTIONS, classify_failure  # noqa: E402
+from minilm.stages.eval import EVAL_SPLITS, eval_tasks  # noqa: E402
 
 
 def tasks_of(run: Path, records: list[dict]) -> dict[str, dict]:

@@ -14,8 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minilm.tasks import FAMILY_BY_NAME, SEEN_FRAMES, generate_suite  # noqa: E402
-from minilm.tasks.family import template_parts  # noqa: E402
+from minilm.data.tasks import FAMILY_BY_NAME, SEEN_FRAMES, generate_suite  # noqa: E402
+from minilm.data.tasks.family import template_parts  # noqa: E402
 
 PARTS = ("new frame, seen what phrase", "seen frame, new what phrase", "new frame and new what phrase")
 

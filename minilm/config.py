@@ -18,8 +18,8 @@ class ConfigError(ValueError):
     """A bad preset, key or value. Entry points print it on one line and exit with code 2."""
 
 
-OPTIMIZERS = ("adamw", "muon")  # minilm/optim.py builds them
-NORMS = ("layernorm", "rmsnorm")  # minilm/layers.py builds them
+OPTIMIZERS = ("adamw", "muon")  # minilm/training/optim.py builds them
+NORMS = ("layernorm", "rmsnorm")  # minilm/model/layers.py builds them
 MLPS = ("gelu", "swiglu")
 
 
@@ -33,12 +33,12 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
     # "sdpa" (F.scaled_dot_product_attention), "reference" (the formula) or "auto": the faster of the two
-    # where it runs (reference for bf16 on a CPU, sdpa elsewhere; see minilm/model.py)
+    # where it runs (reference for bf16 on a CPU, sdpa elsewhere; see minilm/model/gpt.py)
     attention: str = "auto"
     position: str = "learned"  # "learned" (GPT-2's table of block_size vectors) or "rope" (rotary, relative)
     rope_base: float = 10000.0  # rotary: wavelengths run from 2 pi to about 2 pi rope_base
     # The Llama family (SmolLM2: rmsnorm, swiglu with mlp_hidden 1536, n_kv_head 3, bias False, rope);
-    # the defaults are GPT-2's. minilm/layers.py has each choice's formula.
+    # the defaults are GPT-2's. minilm/model/layers.py has each choice's formula.
     norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama: no mean subtracted, no bias)
     norm_eps: float = 1e-5
     mlp: str = "gelu"  # "gelu": c_proj(gelu(c_fc x)) (GPT-2) or "swiglu": down(silu(gate x) * up x) (Llama)
@@ -51,12 +51,13 @@ class ModelConfig:
         return self.n_embd // self.n_head
 
     @property
-    def kv_heads(self) -> int:
+    def resolved_n_kv_head(self) -> int:
+        """n_kv_head with 0 resolved: the number of key/value heads."""
         return self.n_kv_head or self.n_head
 
     @property
-    def hidden(self) -> int:
-        """The MLP's hidden width H (for swiglu, each of gate and up is H wide)."""
+    def resolved_mlp_hidden(self) -> int:
+        """mlp_hidden with 0 resolved: the MLP's inner width H (for swiglu, gate and up are each H wide)."""
         return self.mlp_hidden or 4 * self.n_embd
 
     def __post_init__(self):
@@ -79,7 +80,7 @@ class ModelConfig:
             raise ConfigError(f"mlp_hidden must be positive (or 0 for 4 * n_embd), got {self.mlp_hidden}")
         if self.n_kv_head < 0:
             raise ConfigError(f"n_kv_head must be positive (or 0 for n_head), got {self.n_kv_head}")
-        if self.n_head % self.kv_heads:
+        if self.n_head % self.resolved_n_kv_head:
             raise ConfigError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head}): "
                               "each key/value head serves a whole group of query heads")
 
@@ -141,7 +142,7 @@ class RunConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: str = "all-linear"
-    lora_dora: bool = False  # DoRA: each adapted weight's row lengths train apart from its direction (minilm/lora.py)
+    lora_dora: bool = False  # DoRA: each adapted weight's row lengths train apart from its direction (minilm/model/lora.py)
     top_k_layers: int = 1
     patience: int = 3  # evaluations without improvement before early stopping
     # evaluation
@@ -153,7 +154,7 @@ class RunConfig:
     # also the teacher-forced loss and token accuracy of each task's answer (a forward pass per
     # task: cheap for small, minutes for a 135M model over 900 tasks)
     eval_teacher_forcing: bool = True
-    eval_humaneval: bool = False  # also HumanEval, greedy pass@1 before and after (minilm/humaneval.py)
+    eval_humaneval: bool = False  # also HumanEval, greedy pass@1 before and after (minilm/evaluation/humaneval.py)
     eval_humaneval_problems: int = 0  # the first N of its 164 problems; 0 = all
     eval_humaneval_max_new_tokens: int = 384
 
@@ -178,7 +179,7 @@ PRESETS: dict[str, RunConfig] = {
     #   - 4 x 256 with a 4096-token BPE (about 2.9 bytes/token on code, so a task plus its code fits
     #     in well under 256 tokens); bf16 autocast where native ("fast"): about 1.45x fp32 here;
     #   - the whole stdlib as corpus (the tokenizer trains on 10 MB in seconds);
-    #   - rotary positions and Muon (measured before frames 12-14 of minilm/tasks/family.py were
+    #   - rotary positions and Muon (measured before frames 12-14 of minilm/data/tasks/family.py were
     #     added): with the same 550 + 1100 steps, stdlib bits per byte went
     #     1.958 (learned positions, AdamW) -> 1.806 (rope) -> 1.644 (rope + Muon), and pass@1
     #     72/41/49% -> 84/37/59% -> 87/42/75%; Muon costs about 10% more per pretraining step;
@@ -191,7 +192,7 @@ PRESETS: dict[str, RunConfig] = {
     #     550 + 1100 steps gave 83/60/79%, 650 + 900 gave 84/66/76% and 750 + 700 gave 82/70/79%
     #     (1.566 bits per byte);
     #   - a 24,000-task train split (6,000 before) whose 2- and 3-argument families are drawn 2x and
-    #     6x as often (ARG_COUNT_WEIGHT in minilm/tasks/suite.py): test_seen's failures were argument
+    #     6x as often (ARG_COUNT_WEIGHT in minilm/data/tasks/suite.py): test_seen's failures were argument
     #     lists copied wrong ("def f(t, val, val)", 0-1 of 7 three-argument tasks passed). With
     #     750 + 700 steps: 24,000 unweighted tasks 84/67/78%, weighted 98/68/74% (every
     #     multi-argument task passed), and 95/68/75% once the adapters were seeded (14 min 16 s).

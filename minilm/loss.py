@@ -15,7 +15,7 @@ convention). docs/loss.md derives every step, including the gradient softmax(z) 
 Conventions:
   - logits (B, T, V) and targets (B, T) are already aligned: logits[b, t] is the model's prediction
     for targets[b, t]. From a sequence ids (B, T+1): logits = model(ids[:, :-1]), targets = ids[:, 1:],
-    and the mask from minilm/sft.py shifts the same way, loss_mask = mask[:, 1:].
+    and the mask from minilm/data/sft.py shifts the same way, loss_mask = mask[:, 1:].
   - loss_mask (B, T), bool or 0/1, marks the tokens that count: code tokens count, prompt and
     padding tokens do not. Targets at uncounted positions may hold anything (e.g. -1 padding).
   - Logits in bf16 / fp16 are upcast to fp32 before the softmax; fp64 stays fp64.

@@ -2,7 +2,7 @@
 
     python -m minilm.plot RUN_DIR [--out FILE.png]
 
-Reads RUN_DIR/{pretrain,finetune}/metrics.jsonl (written by minilm/trainer.py; one JSON object per
+Reads RUN_DIR/{pretrain,finetune}/metrics.jsonl (written by minilm/training/trainer.py; one JSON object per
 line, "kind" = "train" or "eval") and writes one PNG, RUN_DIR/curves.png by default, with a row of
 panels per stage: training and validation loss, learning rate, and any other validation metric
 (token accuracy, pass@1). matplotlib is an optional extra: pip install "minilm[plot]".

@@ -9,7 +9,7 @@
 
 With a base, train.py's tokenizer stage imports the base's tokenizer instead of training one, and
 the pretraining stage writes the base's weights, dequantised to fp32, to pretrain/model.safetensors
-instead of training them (minilm.stages.import_base); fine-tuning, evaluation and sample.py then
+instead of training them (minilm.stages.training.import_base); fine-tuning, evaluation and sample.py then
 read the run as any other. The run's ModelConfig must be the base's (the smollm2 preset spells it
 out, so a run's config.json says what it ran): `check_model_config` refuses a mismatch in one line
 that names each differing field and the override that fixes it. Only the context may be shorter
@@ -118,7 +118,7 @@ def load_base_model(base: Base, run: Optional[ModelConfig] = None):
 def load_base_tokenizer(base: Base):
     """The base's own tokenizer: from the GGUF metadata, or the directory's tokenizer.json."""
     from minilm.formats.gguf_tokenizer import tokenizer_from_gguf
-    from minilm.tokenizer import Tokenizer
+    from minilm.tokenizer.tokenizer import Tokenizer
     if base.kind == "gguf":
         return _failing_as_config_error(base, "tokenizer", lambda: tokenizer_from_gguf(_gguf_reader(base.path)))
     return _failing_as_config_error(base, "tokenizer", lambda: Tokenizer.from_hf(base.path / "tokenizer.json"))

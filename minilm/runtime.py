@@ -119,6 +119,17 @@ def machine_summary() -> str:
             f"native bf16: {bf16}, torch {torch.__version__}, {cuda}")
 
 
+def runtime_for(cfg) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) of a run (a RunConfig), with the device's fast-math settings applied; under
+    torchrun each process takes the GPU of its LOCAL_RANK."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    dtype = resolve_dtype(cfg.dtype, device)
+    setup_fast_math(device)
+    return device, dtype
+
+
 def setup_fast_math(device: torch.device) -> None:
     """TF32 for the fp32 matmuls that remain under autocast (CUDA only; a no-op elsewhere)."""
     if device.type == "cuda":

@@ -13,7 +13,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from minilm import optim, runtime
+from minilm import runtime
+
+from minilm.training import optim
 from minilm.config import PRESETS
 
 # The aten ops that do a matmul's work (linear and matmul decompose into these before dispatch),
@@ -62,17 +64,18 @@ def tiny_fast(tmp_path):
 @pytest.fixture
 def few_valid_tasks(monkeypatch):
     """Fine-tuning evaluates on the first 8 validation tasks, not 300: the same code, a fifth of the time."""
-    from minilm import stages
-    full_suite = stages.task_suite
+    from minilm.stages import finetune as finetune_stage
+    full_suite = finetune_stage.task_suite
 
     def suite(cfg):
         splits = full_suite(cfg)
         return {**splits, "valid": splits["valid"][:8]}
-    monkeypatch.setattr(stages, "task_suite", suite)
+    monkeypatch.setattr(finetune_stage, "task_suite", suite)
 
 
 def pretrain(cfg):
-    from minilm.stages import ensure_tokenizer, run_pretrain
+    from minilm.stages.tokenizer import ensure_tokenizer
+    from minilm.stages.pretrain import run_pretrain
     ensure_tokenizer(cfg, log=lambda *_: None)  # outside the recording: no matmul in BPE training
     with MatmulDtypes() as recorded:
         run_pretrain(cfg, log=lambda *_: None)
@@ -81,9 +84,10 @@ def pretrain(cfg):
 
 def test_fast_dtype_runs_no_bf16_matmul_on_a_cpu_without_bf16(tmp_path, fp32_only_cpu, few_valid_tasks):
     from minilm import checkpoint as ckpt
-    from minilm.evaluate import generate_completions
-    from minilm.pipeline import eval_tasks
-    from minilm.stages import ensure_tokenizer, run_finetune
+    from minilm.evaluation.evaluate import generate_completions
+    from minilm.stages.eval import eval_tasks
+    from minilm.stages.tokenizer import ensure_tokenizer
+    from minilm.stages.finetune import run_finetune
     cfg = tiny_fast(tmp_path)
     assert runtime.resolve_dtype(cfg.dtype, torch.device("cpu")) == torch.float32
     assert optim.newton_schulz_dtype("cpu") == torch.float32
@@ -112,7 +116,7 @@ def test_the_guard_catches_muon_iterating_in_bf16(tmp_path, fp32_only_cpu, monke
 
 def test_the_recorder_sees_bf16_autocast_in_forward_and_backward():
     """The recorder itself: bf16 autocast's matmuls, attention and the backward's are all seen."""
-    from minilm.model import GPT
+    from minilm.model.gpt import GPT
     torch.manual_seed(0)
     model = GPT(dataclasses.replace(PRESETS["tiny"].model, block_size=16))
     idx = torch.randint(0, model.config.vocab_size, (2, 16))

@@ -1,4 +1,4 @@
-"""The chat format (minilm/sft.py, ChatFormat) against the model's own chat template.
+"""The chat format (minilm/data/sft.py, ChatFormat) against the model's own chat template.
 
 The referee is SmolLM2's Jinja template from its GGUF file, rendered by transformers (as
 `apply_chat_template` does) for the same messages: the rendered ids must decode to exactly its
@@ -13,10 +13,10 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from minilm.sft import (EOT, IM_END, IM_START, SMOLLM2_SYSTEM, SPECIAL_TOKENS, ChatFormat,
+from minilm.data.sft import (EOT, IM_END, IM_START, SMOLLM2_SYSTEM, SPECIAL_TOKENS, ChatFormat,
                         PlainFormat, build_examples, collate, extract_completion, format_for,
                         pad_token_id, render_example, render_prompt, stop_token_ids, target_text)
-from minilm.tokenizer import Tokenizer
+from minilm.tokenizer.tokenizer import Tokenizer
 
 CHAT_TOK = Tokenizer.train([inspect.getsource(textwrap)], 320, special_tokens=(EOT, IM_START, IM_END))
 # Any text without special-token look-alikes (SmolLM2 has 17: <|im_end|>, <file_sep>, ...), nor
@@ -78,7 +78,7 @@ def test_example_and_prompt_are_the_templates_text(smollm2, task, fmt):
 
 
 def test_real_tasks_render_as_the_template_and_default_to_chat(smollm2):
-    from minilm.tasks import generate_suite
+    from minilm.data.tasks import generate_suite
     tok, template = smollm2
     assert isinstance(format_for(tok), ChatFormat)
     for task in generate_suite(seed=0, n_train=12, n_valid=0, n_test=0)["train"]:

@@ -15,8 +15,8 @@ import torch
 
 from minilm import checkpoint as ckpt
 from minilm.config import PRESETS
-from minilm.model import GPT
-from minilm.optim import make_optimizer
+from minilm.model.gpt import GPT
+from minilm.training.optim import make_optimizer
 
 CONFIG = replace(PRESETS["tiny"].model, block_size=32)
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(tmp_path):
 
 def test_a_checkpoint_weights_file_counts_the_trainable_parameters(tmp_path):
     """What the benches read for "trainable parameters" (tied embeddings counted once)."""
-    from minilm import lora
+    from minilm.model import lora
     model = lora.apply_lora(tiny_model(), r=2)
     folder = save_one(tmp_path, 1, model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -206,15 +206,15 @@ def test_compiled_and_ddp_key_prefixes_are_ignored(tmp_path):
 # ----------------------------------------------------------------------------- finished runs
 @pytest.fixture(scope="module")
 def tokenizer():
-    from minilm.sft import SPECIAL_TOKENS
-    from minilm.tokenizer import Tokenizer
+    from minilm.data.sft import SPECIAL_TOKENS
+    from minilm.tokenizer.tokenizer import Tokenizer
     text = Path(sysconfig.get_paths()["stdlib"], "textwrap.py").read_text()
     return Tokenizer.train([text], 300, special_tokens=SPECIAL_TOKENS)
 
 
 def _finished_run(run_dir: Path, tok, lora_adapter: bool):
-    from minilm import lora
-    from minilm.data import tokenizer_fingerprint
+    from minilm.model import lora
+    from minilm.data.tokens import tokenizer_fingerprint
     run_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(run_dir / ckpt.TOKENIZER_FILE))
     config = replace(CONFIG, vocab_size=320)
@@ -251,8 +251,8 @@ def test_load_run_rebuilds_pretrained_and_lora_models(tmp_path, tokenizer):
 
 
 def test_load_run_refuses_a_changed_tokenizer_or_base(tmp_path, tokenizer):
-    from minilm.sft import SPECIAL_TOKENS
-    from minilm.tokenizer import Tokenizer
+    from minilm.data.sft import SPECIAL_TOKENS
+    from minilm.tokenizer.tokenizer import Tokenizer
     _finished_run(tmp_path, tokenizer, lora_adapter=True)
     base_path = tmp_path / "pretrain" / ckpt.MODEL_FILE
     tensors, metadata = ckpt.read_weights(base_path)

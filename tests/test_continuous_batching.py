@@ -5,10 +5,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minilm.config import ModelConfig
-from minilm.continuous_batching import fits_pool, generate_pooled, row_seed, shared_prefix
-from minilm.evaluate import generate_from_prompts
-from minilm.layers import KVCache
-from minilm.model import GPT
+from minilm.generation.completions import generate_from_prompts
+from minilm.generation.continuous_batching import PoolCache, fits_pool, generate_pooled
+from minilm.model.gpt import GPT
+from minilm.model.kv_cache import KVCache, shared_prefix_length
+from minilm.seeds import sampling_seed
 
 LLAMA = dict(vocab_size=61, block_size=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, position="rope",
              norm="rmsnorm", mlp="swiglu", bias=False)
@@ -51,17 +52,17 @@ def test_placed_rows_continue_as_alone(model):
         cache = KVCache(model.config, len(group), "cpu", torch.float32, width)
         model(idx, cache, real)
         prefills.append(cache)
-    pool = KVCache(model.config, 4, "cpu", torch.float32, 30)
+    pool = PoolCache(model.config, 4, "cpu", torch.float32, 30)
     pool.realign(0, 9)
     pool.place(torch.tensor([3, 1]), prefills[0])  # prompts 0 and 1 in rows 3 and 1
     model(torch.tensor([[1], [7], [1], [6]]), pool)  # one step: rows 3 and 1 read 6 and 7
     with pytest.raises(ValueError, match="realign first"):
         pool.place(torch.tensor([0, 2]), prefills[1])  # 12 columns, 10 so far
-    pool.realign(int(pool.first_real()[[1, 3]].min()), 14)  # right, so that prompts 2 and 3 fit
+    pool.realign(int(pool.first_token_column()[[1, 3]].min()), 14)  # right, so that prompts 2 and 3 fit
     pool.place(torch.tensor([0, 2]), prefills[1])
-    assert pool.length == 14 and pool.first_real().tolist() == [9, 4, 2, 10]
+    assert pool.length == 14 and pool.first_token_column().tolist() == [9, 4, 2, 10]
     pool.realign(2, 12)  # left: the columns every row pads
-    assert pool.first_real().tolist() == [7, 2, 0, 8]
+    assert pool.first_token_column().tolist() == [7, 2, 0, 8]
     step = torch.tensor([[10], [11], [12], [13]])
     got = model(step, pool)[:, -1]
     seen = {3: prompts[0] + [6], 1: prompts[1] + [7], 0: prompts[2], 2: prompts[3]}
@@ -87,7 +88,7 @@ def test_greedy_pool_equals_one_prompt_at_a_time(model, lengths, pool_size, max_
 
 
 def test_sampled_rows_do_not_depend_on_the_pool():
-    """Each row draws from its own generator (row_seed): pools of 1 and 4 sample the same tokens."""
+    """Each row draws from its own generator (sampling_seed): pools of 1 and 4 sample the same tokens."""
     torch.manual_seed(1)
     model = GPT(ModelConfig(**LLAMA)).double().eval()  # float64: batching changes no rounding that matters
     prompts = prompts_of([4, 11, 2, 7, 9])
@@ -98,7 +99,7 @@ def test_sampled_rows_do_not_depend_on_the_pool():
     other_seed = generate_pooled(model, prompts, 10, [5], pool_size=4, n_samples=3, temperature=1.0, top_k=20,
                                  seed=4)
     assert other_seed != runs[0]
-    assert len({row_seed(3, i, s) for i in range(50) for s in range(10)}) == 500
+    assert len({sampling_seed(3, i, s) for i in range(50) for s in range(10)}) == 500
 
 
 def test_evaluation_pools_what_fits_and_batches_the_rest(model):
@@ -128,8 +129,11 @@ def test_refuses_what_it_cannot_pool(model):
 
 @given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=6), min_size=1, max_size=6))
 def test_shared_prefix_is_the_longest_that_leaves_every_prompt_a_token(prompts):
-    prefix = shared_prefix(prompts)
-    n = len(prefix)
+    n = shared_prefix_length(prompts)
+    if len(prompts) == 1:  # one row shares nothing (as in training)
+        assert n == 0
+        return
+    prefix = prompts[0][:n]
     assert all(p[:n] == prefix and len(p) > n for p in prompts)
     longer = n + 1  # one more token would break one of the two conditions
     assert any(len(p) <= longer or p[:longer] != prompts[0][:longer] for p in prompts)
@@ -140,7 +144,7 @@ def test_a_shared_system_turn_is_computed_once_and_changes_no_answer(model):
     rest of each prompt after it (left-padded), the answers equal one prompt at a time."""
     system = prompts_of([9], seed=7)[0]
     prompts = [system + rest for rest in prompts_of([1, 6, 3, 10, 4], seed=8)]
-    assert shared_prefix(prompts) == system
+    assert prompts[0][:shared_prefix_length(prompts)] == system
     stop_ids = [5]
     shared = generate_pooled(model, prompts, 8, stop_ids, pool_size=3)
     assert shared == generate_pooled(model, prompts, 8, stop_ids, pool_size=3, share_prefix=False)

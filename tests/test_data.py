@@ -1,4 +1,4 @@
-"""Properties of the corpus (minilm/corpus.py) and the token files and batches (minilm/data.py).
+"""Properties of the corpus (minilm/data/corpus.py) and the token files and batches (minilm/data/tokens.py).
 
 Most tests build a corpus from a small temporary folder of fake .py files whose contents are
 chosen to exercise each rule (duplicates, bad UTF-8, control-token text, test folders); one
@@ -14,12 +14,12 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-import minilm.corpus as corpus_module
-from minilm import data
-from minilm.corpus import build_corpus, find_python_files, is_generated, split_of
-from minilm.data import EOT, get_batch, iter_eval_batches, load_meta, prepare_tokens, token_dtype
-from minilm.sft import SPECIAL_TOKENS
-from minilm.tokenizer import Tokenizer
+import minilm.data.corpus as corpus_module
+from minilm.data import tokens as data
+from minilm.data.corpus import build_corpus, find_python_files, is_generated, split_of
+from minilm.data.tokens import EOT, get_batch, iter_eval_batches, load_meta, prepare_tokens, token_dtype
+from minilm.data.sft import SPECIAL_TOKENS
+from minilm.tokenizer.tokenizer import Tokenizer
 
 def tiny_tokenizer(vocab_size=300):
     """A real minilm Tokenizer, small enough to train in milliseconds."""

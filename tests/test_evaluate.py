@@ -16,18 +16,19 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from minilm import sft
+from minilm.data import sft
 from minilm.checkpoint import save_weights, trainable_state
 from minilm.config import ModelConfig
 from conftest import ScriptedModel
-from minilm.evaluate import (batches_by_length, build_report, evaluate_model, generate_completions,
-                             score_completions, teacher_forced)
+from minilm.evaluation.evaluate import (build_report, evaluate_model, generate_completions, score_completions,
+                                        teacher_forced)
+from minilm.generation.completions import batches_by_length
 from minilm.loss import nll_loss
-from minilm.metrics import (compare_reports, pass_at_k, pass_at_k_reference, summarize,
+from minilm.evaluation.metrics import (compare_reports, pass_at_k, pass_at_k_reference, summarize,
                             summarize_group, write_comparison, write_report)
-from minilm.model import GPT
-from minilm.tasks import generate_suite
-from minilm.tokenizer import Tokenizer
+from minilm.model.gpt import GPT
+from minilm.data.tasks import generate_suite
+from minilm.tokenizer.tokenizer import Tokenizer
 
 
 # ---------------------------------------------------------------- pass@k
@@ -168,7 +169,7 @@ def test_batched_generation_equals_one_task_at_a_time(model, tok, tasks):
 
 
 def test_progress_counts_the_prompts_that_fit_batch_by_batch(model, tok, tasks):
-    from minilm.evaluate import generate_from_prompts
+    from minilm.generation.completions import generate_from_prompts
     prompts = [sft.render_prompt(tok, task) for task in tasks[:5]] + [[1] * (model.config.block_size + 1)]
     calls = []
     completions = generate_from_prompts(model, prompts, sft.stop_token_ids(tok), tok.decode, max_new_tokens=2,
@@ -242,7 +243,7 @@ def test_a_fenced_answer_runs_as_its_block_and_the_prose_around_it_is_ignored(ta
 def test_fence_closed_is_true_from_the_token_that_closes_the_first_block(tok, prose, code, after):
     """Asked after every token of a reply, fence_closed turns true exactly at the first prefix whose
     text holds two fences, whatever the tokenization (a fence may span tokens)."""
-    from minilm.evaluate import fence_closed
+    from minilm.generation.completions import fence_closed
     done = fence_closed(tok)
     ids = tok.encode(prose + "```python\n" + code + "```" + after)
     answers = [done(ids[:n]) for n in range(1, len(ids) + 1)]
@@ -254,7 +255,7 @@ def test_fence_closed_is_true_from_the_token_that_closes_the_first_block(tok, pr
 def test_generation_ends_a_code_answer_when_its_fenced_block_closes(tok, tasks, monkeypatch):
     """A model that would write a fenced block, then prose, stops at the fence: the prose costs
     no tokens, and the completion is the reply up to its closing fence."""
-    from minilm import evaluate
+    from minilm.evaluation import evaluate
     reply = tok.encode("```python\nx = 1\n```\nThis sets x to one, as you can see.")
     code_task = next(t for t in tasks if t["kind"] == "generate")
     explain_task = next(t for t in tasks if t["kind"] == "explain")

@@ -23,8 +23,8 @@ import warnings
 
 import pytest
 
-from minilm import execution
-from minilm.execution import Limits, available_isolations, run_program, run_programs
+from minilm.evaluation import execution
+from minilm.evaluation.execution import Limits, available_isolations, run_program, run_programs
 
 NAMESPACED = {"bwrap", "unshare"}  # the levels whose guarantees the kernel enforces
 ADD = "def add(a, b):\n    return a + b\n"

@@ -1,10 +1,10 @@
 """classify_failure on the verdicts the sandbox really writes, one program per category."""
 import pytest
 
-from minilm.execution import run_programs
-from minilm.failures import CATEGORIES, classify_failure, parameters
+from minilm.evaluation.execution import run_programs
+from minilm.evaluation.failures import CATEGORIES, classify_failure, parameters
 
-# A task as minilm.tasks writes it (the fields classify_failure reads).
+# A task as minilm.data.tasks writes it (the fields classify_failure reads).
 TASK = {"entry_point": "clamp_sum", "code": "def clamp_sum(t, val):\n    return min(t + val, 10)",
         "test_list": ["assert clamp_sum(1, 2) == 3", "assert clamp_sum(9, 4) == 10"]}
 

@@ -22,10 +22,10 @@ from minilm.config import ModelConfig
 from minilm.formats import gguf as gguf_format
 from minilm.formats.gguf import (gguf_field, load_gguf, permute_rotary_rows, read_gguf_config,
                                  read_tokenizer_metadata, save_gguf, unpermute_rotary_rows)
-from minilm.layers import apply_rotary, rotary_cos_sin
-from minilm.linear import reference_path
-from minilm.lora import apply_lora, merge_and_unload
-from minilm.model import GPT
+from minilm.model.layers import apply_rotary, rotary_cos_sin
+from minilm.model.linear import reference_path
+from minilm.model.lora import apply_lora, merge_and_unload
+from minilm.model.gpt import GPT
 
 # Rows of every matrix are multiples of 32, so each quantised type can hold them.
 TINY = ModelConfig(vocab_size=96, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp="swiglu",
@@ -264,7 +264,7 @@ def test_logits_equal_transformers(ours, theirs, prompt):
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_fast_linears_are_as_accurate_as_transformers(ours, ours_float64, theirs, prompt):
-    """oneDNN's matmuls (minilm/linear.py) sum in another order than MKL's, so our fast path lands up
+    """oneDNN's matmuls (minilm/model/linear.py) sum in another order than MKL's, so our fast path lands up
     to 1.1e-4 from transformers; measured against float64 it is the same function, rounded
     differently, not worse. The root-mean-square error over all logits (a statistic of 49152 x T
     roundings, stable from machine to machine) stays within 2x transformers' own (1.34-1.45x

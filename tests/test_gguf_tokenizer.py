@@ -12,7 +12,7 @@ import sysconfig
 import pytest
 from hypothesis import given, strategies as st
 
-from minilm.tokenizer import Tokenizer
+from minilm.tokenizer.tokenizer import Tokenizer
 
 gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")

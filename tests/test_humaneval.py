@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from conftest import ScriptedModel
-from minilm import humaneval as he
-from minilm import sft
+from minilm.evaluation import humaneval as he
+from minilm.data import sft
 from minilm.checkpoint import save_weights, trainable_state
 from minilm.config import PRESETS, ModelConfig
-from minilm.evaluate import build_report, main
-from minilm.execution import run_program
-from minilm.model import GPT
-from minilm.tokenizer import Tokenizer
+from minilm.evaluation.cli import main
+from minilm.evaluation.evaluate import build_report
+from minilm.evaluation.execution import run_program
+from minilm.model.gpt import GPT
+from minilm.tokenizer.tokenizer import Tokenizer
 
 WORKERS = 8  # programs in flight: each is mostly interpreter start-up, so more than the cores helps
 
@@ -222,7 +223,7 @@ def training_texts(suite) -> list[str]:
 def training_suites():
     """The train and valid splits every preset trains on. A split is one random stream, so a
     smaller task_train_size is a prefix of a larger one: the largest per seed covers them all."""
-    from minilm.tasks import generate_suite
+    from minilm.data.tasks import generate_suite
     largest = {}
     for cfg in PRESETS.values():
         largest[cfg.task_seed] = max(largest.get(cfg.task_seed, 0), cfg.task_train_size)

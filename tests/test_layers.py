@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
 from minilm.config import ModelConfig
-from minilm.layers import (MLP, CausalSelfAttention, KVCache, RMSNorm, SwiGLU, apply_rotary, causal_mask,
+from minilm.model.kv_cache import KVCache
+from minilm.model.layers import (MLP, CausalSelfAttention, RMSNorm, SwiGLU, apply_rotary, causal_mask,
                            make_mlp, make_norm, reference_attention, rotary_cos_sin)
 
 heads = st.sampled_from([(1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (4, 4), (6, 2), (6, 3)])  # (nh, n_kv)

@@ -1,4 +1,4 @@
-"""minilm/linear.py: the oneDNN fast path computes F.linear (values and the three gradients, up to
+"""minilm/model/linear.py: the oneDNN fast path computes F.linear (values and the three gradients, up to
 fp32 rounding), and F.linear itself runs wherever the fast path must not (autocast, bf16, off)."""
 import pytest
 import torch
@@ -6,8 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
-import minilm.linear as minilm_linear
-from minilm.linear import Linear, OneDNNLinear, linear, linear_backend, reference_path, uses_onednn
+import minilm.model.linear as minilm_linear
+from minilm.model.linear import Linear, OneDNNLinear, linear, linear_backend, reference_path, uses_onednn
 
 needs_onednn = pytest.mark.skipif(linear_backend() != "onednn", reason="this torch build has no oneDNN linear")
 

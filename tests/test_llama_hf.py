@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 from minilm.config import ModelConfig
 from minilm.formats.llama_hf import (hf_config_from_llama, llama_config_from_hf, load_hf_llama, save_hf_llama,
                                      state_dict_from_hf_llama, state_dict_to_hf_llama)
-from minilm.model import GPT
+from minilm.model.gpt import GPT
 
 transformers = pytest.importorskip("transformers", reason="transformers is the referee (a dev dependency)")
 

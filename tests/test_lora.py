@@ -1,6 +1,6 @@
 """LoRA properties: identity at init, merge == unmerge, frozen base, analytic gradients, rsLoRA and
-DoRA, freezing policies, LoRA+ groups, and adapter files in PEFT's layout (minilm/lora.py,
-minilm/freeze.py, minilm/adapters.py)."""
+DoRA, freezing policies, LoRA+ groups, and adapter files in PEFT's layout (minilm/model/lora.py,
+minilm/training/freeze.py, minilm/formats/peft.py)."""
 import copy
 import json
 import math
@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from minilm.config import ModelConfig
-from minilm.freeze import (count_parameters, freeze_all, lora_param_groups, trainable_parameter_report,
+from minilm.training.freeze import (count_parameters, freeze_all, lora_param_groups, trainable_parameter_report,
                            unfreeze_top_k_blocks)
-from minilm.lora import (LoRALinear, apply_lora, load_adapter, lora_layers, merge_and_unload, merge_lora,
+from minilm.model.lora import (LoRALinear, apply_lora, load_adapter, lora_layers, merge_and_unload, merge_lora,
                          save_adapter, unmerge_lora)
-from minilm.model import GPT
+from minilm.model.gpt import GPT
 
 CONFIG = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 dims = st.integers(1, 24)

@@ -10,12 +10,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
-import minilm.layers
-import minilm.model
+import minilm.model.layers
+import minilm.generation.decode
+import minilm.model.gpt
 from minilm.config import MLPS, NORMS, PRESETS, ConfigError, ModelConfig
-from minilm.gpt2_interop import save_hf_gpt2
-from minilm.layers import KVCache, apply_rotary, causal_mask, reference_attention, rotary_cos_sin
-from minilm.model import GPT, sample_next
+from minilm.formats.gpt2 import save_hf_gpt2
+from minilm.generation.decode import sample_next
+from minilm.model.gpt import GPT
+from minilm.model.kv_cache import KVCache
+from minilm.model.layers import apply_rotary, causal_mask, reference_attention, rotary_cos_sin
 
 
 # A Llama-shaped decoder at test size: every choice that differs from GPT-2's.
@@ -101,8 +104,8 @@ def test_kv_cache_prefill_then_continue_matches_full_forward(s, data):
 @pytest.mark.parametrize("dtype, expected", [(torch.float32, "sdpa"), (torch.bfloat16, "reference")])
 def test_auto_attention_takes_the_reference_path_only_for_bf16_on_a_cpu(monkeypatch, dtype, expected):
     calls = []
-    formula = minilm.layers.reference_attention
-    monkeypatch.setattr(minilm.layers, "reference_attention", lambda *args: calls.append(1) or formula(*args))
+    formula = minilm.model.layers.reference_attention
+    monkeypatch.setattr(minilm.model.layers, "reference_attention", lambda *args: calls.append(1) or formula(*args))
     idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         logits_auto = make_model(attention="auto")(idx)
@@ -455,7 +458,7 @@ def test_every_preset_builds_gpt2_layers(preset):
     assert {k: tuple(p.shape) for k, p in model.named_parameters()} == gpt2_parameter_shapes(config)
     assert model.lm_head.weight is model.transformer.wte.weight
     for block in model.transformer.h:
-        assert type(block.ln_1) is type(block.ln_2) is nn.LayerNorm and type(block.mlp) is minilm.layers.MLP
+        assert type(block.ln_1) is type(block.ln_2) is nn.LayerNorm and type(block.mlp) is minilm.model.layers.MLP
         assert block.attn.n_kv_head == block.attn.n_head
     assert type(model.transformer.ln_f) is nn.LayerNorm
 
@@ -469,8 +472,8 @@ def test_gpt2_forward_is_the_written_out_gpt2(position):
 
 def test_generation_sizes_the_cache_to_the_tokens_it_needs(monkeypatch):
     sizes = []
-    original = minilm.model.KVCache
-    monkeypatch.setattr(minilm.model, "KVCache", lambda *args: sizes.append(args[-1]) or original(*args))
+    original = minilm.generation.decode.KVCache
+    monkeypatch.setattr(minilm.generation.decode, "KVCache", lambda *args: sizes.append(args[-1]) or original(*args))
     model = make_model(**LLAMA)  # block_size 32
     prompt = torch.zeros(2, 5, dtype=torch.long)
     model.generate(prompt, 7, temperature=0)

@@ -1,4 +1,4 @@
-"""Our Muon (minilm/muon.py): the band the Newton-Schulz coefficients promise, fp32 vs bf16, the
+"""Our Muon (minilm/training/muon.py): the band the Newton-Schulz coefficients promise, fp32 vs bf16, the
 same bits as torch.optim.Muon when both iterate in bf16, and its state through a checkpoint."""
 import io
 import math
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minilm.muon import NS_BAND_FROM, NS_BAND_HIGH, NS_BAND_LOW, Muon, adjusted_lr, orthogonalize
+from minilm.training.muon import NS_BAND_FROM, NS_BAND_HIGH, NS_BAND_LOW, Muon, adjusted_lr, orthogonalize
 
 SIDES = [16, 32, 48, 64, 128]
 BF16_EPS = 2.0 ** -8  # bf16 keeps 8 significant bits: its unit roundoff
@@ -47,7 +47,7 @@ def test_singular_values_land_in_the_band_the_coefficients_promise(rows, cols, s
 
 
 def test_the_band_is_what_the_polynomial_does_to_each_singular_value():
-    """The constants in minilm/muon.py, recomputed from p(s) = a s + b s^3 + c s^5 on a fine grid."""
+    """The constants in minilm/training/muon.py, recomputed from p(s) = a s + b s^3 + c s^5 on a fine grid."""
     a, b, c = 3.4445, -4.7750, 2.0315
     s = torch.logspace(math.log10(NS_BAND_FROM), 0, 200_001, dtype=torch.float64)
     for _ in range(5):

@@ -8,14 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from minilm import lora, pipeline
+from minilm.model import lora
+
+from minilm.stages import eval as eval_stage
+from minilm.stages import report as report_stage
+from minilm.stages import reuse as reuse_stage
 from minilm.config import PRESETS, RunConfig
-from minilm.metrics import pass_at_k
-from minilm.sft import SPECIAL_TOKENS, build_examples
-from minilm.model import GPT
-from minilm.stages import mixed_batches, prepare_finetune_model, sft_batches
-from minilm.tokenizer import Tokenizer
-from minilm.trainer import Batch
+from minilm.evaluation.metrics import pass_at_k
+from minilm.data.sft import SPECIAL_TOKENS, build_examples
+from minilm.model.gpt import GPT
+from minilm.stages.pretrain import mixed_batches
+from minilm.stages.finetune import prepare_finetune_model, sft_batches
+from minilm.tokenizer.tokenizer import Tokenizer
+from minilm.training.trainer import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,58 +31,58 @@ def tiny(tmp_path, **changes):
 
 def test_a_stage_key_changes_only_with_what_the_stage_reads(tmp_path):
     base = tiny(tmp_path)
-    keys = {stage: pipeline.stage_key(base, stage) for stage in pipeline.STAGE_FIELDS}
+    keys = {stage: reuse_stage.stage_key(base, stage) for stage in reuse_stage.STAGE_FIELDS}
     ft = tiny(tmp_path, ft_lr=1e-2)
-    assert pipeline.stage_key(ft, "finetune") != keys["finetune"]
-    assert pipeline.stage_key(ft, "pretrain") == keys["pretrain"]
-    assert pipeline.stage_key(ft, "tokenizer") == keys["tokenizer"]
+    assert reuse_stage.stage_key(ft, "finetune") != keys["finetune"]
+    assert reuse_stage.stage_key(ft, "pretrain") == keys["pretrain"]
+    assert reuse_stage.stage_key(ft, "tokenizer") == keys["tokenizer"]
     wider = dataclasses.replace(base, model=dataclasses.replace(base.model, n_embd=96))
-    assert pipeline.stage_key(wider, "pretrain") != keys["pretrain"]
-    assert pipeline.stage_key(wider, "tokenizer") == keys["tokenizer"]
-    assert pipeline.stage_key(tiny(tmp_path, log_interval=1), "pretrain") == keys["pretrain"]
+    assert reuse_stage.stage_key(wider, "pretrain") != keys["pretrain"]
+    assert reuse_stage.stage_key(wider, "tokenizer") == keys["tokenizer"]
+    assert reuse_stage.stage_key(tiny(tmp_path, log_interval=1), "pretrain") == keys["pretrain"]
 
 
 def test_every_config_field_is_keyed_by_a_stage_or_declared_unkeyed():
     """A field no stage lists would change results without redoing the stage that reads it."""
     fields_of = lambda table: {name.split(".")[0] for names in table.values() for name in names}  # noqa: E731
-    keyed = fields_of(pipeline.STAGE_FIELDS) | fields_of(pipeline.IMPORT_FIELDS)
-    assert not keyed & set(pipeline.UNKEYED_FIELDS)
-    assert keyed | set(pipeline.UNKEYED_FIELDS) == {f.name for f in dataclasses.fields(RunConfig)}
+    keyed = fields_of(reuse_stage.STAGE_FIELDS) | fields_of(reuse_stage.IMPORT_FIELDS)
+    assert not keyed & set(reuse_stage.UNKEYED_FIELDS)
+    assert keyed | set(reuse_stage.UNKEYED_FIELDS) == {f.name for f in dataclasses.fields(RunConfig)}
 
 
 def test_a_stage_key_follows_the_task_suite_where_the_stage_reads_it(tmp_path, monkeypatch):
     no_mix, mix = tiny(tmp_path), tiny(tmp_path, pretrain_task_mix=0.2)
-    keys = {(cfg.pretrain_task_mix, stage): pipeline.stage_key(cfg, stage)
-            for cfg in (no_mix, mix) for stage in pipeline.STAGE_FIELDS}
-    monkeypatch.setattr("minilm.tasks.suite_fingerprint", lambda seed, n_train: "a changed generator")
+    keys = {(cfg.pretrain_task_mix, stage): reuse_stage.stage_key(cfg, stage)
+            for cfg in (no_mix, mix) for stage in reuse_stage.STAGE_FIELDS}
+    monkeypatch.setattr("minilm.stages.reuse.suite_fingerprint", lambda seed, n_train: "a changed generator")
     for (fraction, stage), key in keys.items():
         reads_suite = stage in ("finetune", "eval") or (stage == "pretrain" and fraction > 0)
-        assert (pipeline.stage_key(mix if fraction else no_mix, stage) != key) == reads_suite, stage
+        assert (reuse_stage.stage_key(mix if fraction else no_mix, stage) != key) == reads_suite, stage
 
 
 def test_a_stage_key_follows_the_files_it_builds_on(tmp_path):
     cfg = tiny(tmp_path)
-    before = pipeline.stage_key(cfg, "finetune")
+    before = reuse_stage.stage_key(cfg, "finetune")
     weights = Path(cfg.out_dir) / "pretrain" / "model.safetensors"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"one")
-    first = pipeline.stage_key(cfg, "finetune")
+    first = reuse_stage.stage_key(cfg, "finetune")
     weights.write_bytes(b"two")
-    assert len({before, first, pipeline.stage_key(cfg, "finetune")}) == 3
+    assert len({before, first, reuse_stage.stage_key(cfg, "finetune")}) == 3
 
 
 def test_mark_done_then_is_done_until_inputs_change(tmp_path):
     cfg = tiny(tmp_path)
     (Path(cfg.out_dir) / "pretrain").mkdir(parents=True)
-    pipeline.mark_done(cfg, "pretrain", 1.0)
-    assert not pipeline.is_done(cfg, "pretrain")  # recorded, but its weights are not there
+    reuse_stage.mark_done(cfg, "pretrain", 1.0)
+    assert not reuse_stage.is_done(cfg, "pretrain")  # recorded, but its weights are not there
     (Path(cfg.out_dir) / "pretrain" / "model.safetensors").write_bytes(b"w")
-    pipeline.mark_done(cfg, "pretrain", 12.5)
-    assert pipeline.is_done(cfg, "pretrain")
-    assert pipeline.read_stages(cfg.out_dir)["pretrain"]["seconds"] == 12.5
-    assert not pipeline.is_done(tiny(tmp_path, max_iters=21), "pretrain")
-    (Path(cfg.out_dir) / pipeline.STAGES_FILE).write_text("{not json")
-    assert not pipeline.is_done(cfg, "pretrain")  # a damaged record re-runs stages, never crashes
+    reuse_stage.mark_done(cfg, "pretrain", 12.5)
+    assert reuse_stage.is_done(cfg, "pretrain")
+    assert reuse_stage.read_stages(cfg.out_dir)["pretrain"]["seconds"] == 12.5
+    assert not reuse_stage.is_done(tiny(tmp_path, max_iters=21), "pretrain")
+    (Path(cfg.out_dir) / reuse_stage.STAGES_FILE).write_text("{not json")
+    assert not reuse_stage.is_done(cfg, "pretrain")  # a damaged record re-runs stages, never crashes
 
 
 def test_train_py_reuses_a_finished_stage_and_force_redoes_it(tmp_path):
@@ -123,14 +128,14 @@ def test_report_table_recomputes_from_the_per_task_records():
     after = (fake_records("test_seen", "generate", [1, 1, 1]) + fake_records("test_seen", "repair", [0])
              + fake_records("test_seen", "explain", [0.5, 1.0]))
     before += fake_records("test_seen", "explain", [0.0, 0.0])
-    table = pipeline.split_kind_table(pipeline._by_split_and_kind(before), pipeline._by_split_and_kind(after), [])
+    table = eval_stage.split_kind_table(eval_stage._by_split_and_kind(before), eval_stage._by_split_and_kind(after), [])
     seen = table["test_seen"]
     assert seen["all"] == {"tasks": 4, "pass@1_before": 0.25, "pass@1_after": 0.75}
     assert seen["generate"]["pass@1_after"] == sum(pass_at_k(1, 1, 1) for _ in range(3)) / 3
     assert seen["repair"] == {"tasks": 1, "pass@1_before": 0.0, "pass@1_after": 0.0}
     assert seen["explain"] == {"tasks": 2, "explain_f1_before": 0.0, "explain_f1_after": 0.75}
     assert table["test_phrasing"] == {} and table["test_compose"] == {}
-    markdown = pipeline.report_markdown({
+    markdown = report_stage.report_markdown({
         "run_dir": "r", "device": "cpu", "model_config": {"n_layer": 2}, "pretrain_val_bits_per_byte": 1.5,
         "stage_seconds": {"pretrain": 10.0, "eval": 2.0}, "results": table})
     assert "| test_seen | generate + repair (pass@1) | 4 | 25.0% | 75.0% |" in markdown
@@ -183,12 +188,13 @@ def test_lora_dora_reaches_the_finetuning_stage_and_its_adapter_file(tmp_path):
     """--lora_dora true fine-tunes DoRA adapters: the saved adapter_config.json says use_dora (as
     PEFT's does), and the run loads back as base + DoRA adapter."""
     from minilm import checkpoint as ckpt
-    from minilm.data import tokenizer_fingerprint
-    from minilm.stages import ensure_tokenizer, run_finetune
+    from minilm.data.tokens import tokenizer_fingerprint
+    from minilm.stages.tokenizer import ensure_tokenizer
+    from minilm.stages.finetune import run_finetune
     cfg = tiny(tmp_path, lora_dora=True, device="cpu", data_dir=str(tmp_path / "data"), corpus=str(ROOT / "minilm"),
                corpus_max_bytes=30_000, ft_max_iters=1, ft_warmup_iters=1, ft_eval_tasks=4, task_train_size=50,
                peak_flops=1e12)
-    assert pipeline.stage_key(cfg, "finetune") != pipeline.stage_key(tiny(tmp_path), "finetune")
+    assert reuse_stage.stage_key(cfg, "finetune") != reuse_stage.stage_key(tiny(tmp_path), "finetune")
     quiet = lambda *_: None  # noqa: E731
     tok = ensure_tokenizer(cfg, log=quiet)
     torch.manual_seed(0)  # a random base stands for the pretrained one

@@ -25,7 +25,7 @@ def test_unknown_dtype_is_a_config_error():
 def test_native_bf16_environment_override_decides_dtype_and_muon(monkeypatch, value, native):
     """MINILM_NATIVE_BF16 forces either path whatever /proc/cpuinfo says: autocast and Muon's
     Newton-Schulz iteration both follow it, and the machine line says it was forced."""
-    from minilm.optim import newton_schulz_dtype
+    from minilm.training.optim import newton_schulz_dtype
     monkeypatch.setenv(runtime.BF16_ENV, value)
     bf16_if_native = torch.bfloat16 if native else torch.float32
     assert runtime.cpu_has_native_bf16() is native

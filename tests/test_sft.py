@@ -1,4 +1,4 @@
-"""Properties of the fine-tuning format (minilm/sft.py): exact loss masks, prompts, batches.
+"""Properties of the fine-tuning format (minilm/data/sft.py): exact loss masks, prompts, batches.
 
 The format table is re-stated here as plain string templates, independent of the module's
 segment list, so a mistake in one is caught by the other.
@@ -11,11 +11,11 @@ import torch
 from hypothesis import given, strategies as st
 
 from minilm.config import ModelConfig
-from minilm.model import GPT
-from minilm.sft import (EOT, SPECIAL_TOKENS, add_embedding_noise, build_examples, collate, extract_completion,
+from minilm.model.gpt import GPT
+from minilm.data.sft import (EOT, SPECIAL_TOKENS, add_embedding_noise, build_examples, collate, extract_completion,
                         get_sft_batch, iter_sft_batches, length_grouped_rows, render_example,
                         render_prompt, stop_token_ids, target_text)
-from minilm.tokenizer import Tokenizer
+from minilm.tokenizer.tokenizer import Tokenizer
 
 TEMPLATES = {
     "generate": "<|task|>{text}<|code|>{code}<|endoftext|>",
@@ -157,7 +157,7 @@ def test_length_grouping_only_regroups_a_uniform_draw(lengths, batch_size, n_bat
 
 
 def test_generated_suite_renders_with_exact_masks():
-    from minilm.tasks import generate_suite
+    from minilm.data.tasks import generate_suite
     suite = generate_suite(seed=0, n_train=30, n_valid=5, n_test=5)
     records = [r for split in suite.values() for r in split]
     assert {r["kind"] for r in records} == {"generate", "repair", "explain"}

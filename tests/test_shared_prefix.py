@@ -8,12 +8,13 @@ from dataclasses import replace
 import torch
 from hypothesis import given, strategies as st
 
-from minilm import lora
+from minilm.model import lora
 from minilm.config import MLPS, NORMS, PRESETS, ModelConfig
-from minilm.model import GPT, shared_prefix_length
-from minilm.sft import add_embedding_noise
-from minilm.stages import finetune_is_noiseless
-from minilm.trainer import Batch, Schedule, Trainer
+from minilm.model.gpt import GPT
+from minilm.model.kv_cache import shared_prefix_length
+from minilm.data.sft import add_embedding_noise
+from minilm.stages.finetune import finetune_is_noiseless
+from minilm.training.trainer import SHARE_MIN_SAVING, Batch, TrainSettings, Trainer
 
 shapes = st.fixed_dictionaries({
     "n_layer": st.integers(1, 2), "n_head": st.sampled_from([2, 4]), "kv_group": st.sampled_from([1, 2]),
@@ -52,7 +53,7 @@ def test_shared_prefix_gives_the_same_logits_and_gradients(s, data):
     grads = []
     for share in (False, True):
         model.zero_grad()
-        logits = model(idx, share_prefix=share)
+        logits = model(idx, shared_prefix=shared_prefix_length(idx) if share else 0)
         (logits * weights).sum().backward()
         grads.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
     (plain, plain_grads), (shared, shared_grads) = grads
@@ -71,7 +72,7 @@ def test_shared_prefix_under_lora_trains_the_same_adapters(s, data):
     grads = []
     for share in (False, True):
         model.zero_grad()
-        hidden = model(idx, return_hidden=True, share_prefix=share)
+        hidden = model(idx, return_hidden=True, shared_prefix=shared_prefix_length(idx) if share else 0)
         hidden[:, -1].square().sum().backward()  # a loss at the rows' last tokens only, as in SFT
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
     assert_grads_close(grads[1], grads[0])
@@ -90,9 +91,10 @@ def test_shared_prefix_length_is_the_longest_common_start(B, T, n, seed):
     assert length >= min(n, T - 1)
     if length < T - 1:  # maximal: the next column differs somewhere
         assert not (idx[:, length] == idx[0, length]).all()
-    # by default only a start worth a second pass counts: a tenth of the positions saved or more
+    # the trainer shares only a start worth a second pass: a tenth of the positions saved or more
     worth = (B - 1) * length >= 0.1 * B * T
-    assert shared_prefix_length(idx) == (length if worth else 0)
+    assert SHARE_MIN_SAVING == 0.1
+    assert shared_prefix_length(idx, SHARE_MIN_SAVING) == (length if worth else 0)
 
 
 def test_a_fine_tuning_step_is_the_same_with_and_without_the_shared_prefix():
@@ -106,7 +108,7 @@ def test_a_fine_tuning_step_is_the_same_with_and_without_the_shared_prefix():
     mask = torch.zeros_like(idx)
     mask[:, 12:] = 1  # the "answer"
     batch = Batch(idx, torch.roll(idx, -1, dims=1), mask)
-    schedule = Schedule(stage="finetune", max_iters=1, lr=1e-2, min_lr=1e-2, warmup_iters=0, batch_size=4,
+    schedule = TrainSettings(stage="finetune", max_iters=1, lr=1e-2, min_lr=1e-2, warmup_iters=0, batch_size=4,
                         grad_accum=1, eval_interval=1, log_interval=1, normalize="sequence")
     start = {k: v.clone() for k, v in lora.apply_lora(GPT(config), r=4, alpha=8.0).state_dict().items()}
     results = []
@@ -135,8 +137,8 @@ def test_fine_tuning_shares_the_start_only_without_noise():
     idx[:] = idx[0]  # identical rows: only the noise can tell them apart
     n = shared_prefix_length(idx)
     assert n > 0
-    shared = model(idx, return_hidden=True, share_prefix=True)
-    plain = model(idx, return_hidden=True, share_prefix=False)
+    shared = model(idx, return_hidden=True, shared_prefix=n)
+    plain = model(idx, return_hidden=True)
     assert torch.equal(shared[0, :n], shared[1, :n])  # one draw for the shared start
     assert not torch.allclose(plain[0], plain[1])  # a draw per row
     preset = PRESETS["smollm2"]

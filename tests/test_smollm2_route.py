@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from minilm import pipeline, sft
+from minilm.stages import eval as eval_stage
+from minilm.stages import reuse as reuse_stage
+from minilm.data import sft
 from minilm.checkpoint import load_run
 from minilm.config import PRESETS, ConfigError, ModelConfig
 from minilm.formats.gguf import load_gguf, save_gguf
-from minilm.model import GPT
+from minilm.model.gpt import GPT
 from minilm.pretrained import check_model_config, describe, resolve_init
-from minilm.tokenizer import Tokenizer
+from minilm.tokenizer.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LLAMA = ModelConfig(vocab_size=320, block_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp="swiglu",
@@ -105,7 +107,7 @@ def test_the_pretrained_weights_are_the_bases_and_nothing_was_trained(finished_r
         assert torch.equal(model(idx), load_gguf(tiny_gguf)(idx))
     assert not (out / "pretrain" / "metrics.jsonl").exists() and not (out / "pretrain" / "checkpoints").exists()
     assert "pretrained: tiny, F32 GGUF, dequantised to fp32" in log
-    description = pipeline.pretrained_description(out / "pretrain" / "model.safetensors")
+    description = eval_stage.pretrained_description(out / "pretrain" / "model.safetensors")
     assert description == "tiny, F32 GGUF, dequantised to fp32"
 
 
@@ -125,7 +127,7 @@ def test_the_report_names_the_base_and_has_humaneval_before_and_after(finished_r
     report = json.loads((out / "report.json").read_text())
     assert report["pretrained"] == "tiny, F32 GGUF, dequantised to fp32"
     assert "pretrain_val_bits_per_byte" not in report
-    assert set(report["results"]) == set(pipeline.EVAL_SPLITS)
+    assert set(report["results"]) == set(eval_stage.EVAL_SPLITS)
     humaneval = report["humaneval"]
     assert (humaneval["problems"], humaneval["format"]) == (2, "chat")
     assert all(0.0 <= humaneval[f"pass@1_{when}"] <= 1.0 for when in ("before", "after"))
@@ -209,15 +211,15 @@ def test_a_hugging_face_directory_is_a_base_too(tiny_gguf, tmp_path):
 # ---------------------------------------------------------------- stage keys with a base
 def test_with_a_base_the_import_stages_key_on_its_file_not_on_training_fields(tiny_gguf, tmp_path):
     cfg = dataclasses.replace(PRESETS["tiny"], model=TINY_LLAMA, init=str(tiny_gguf), out_dir=str(tmp_path))
-    keys = {stage: pipeline.stage_key(cfg, stage) for stage in pipeline.IMPORT_FIELDS}
+    keys = {stage: reuse_stage.stage_key(cfg, stage) for stage in reuse_stage.IMPORT_FIELDS}
     unread = dataclasses.replace(cfg, max_iters=7, lr=0.5, corpus_max_bytes=1, pretrain_task_mix=0.5)
-    assert {stage: pipeline.stage_key(unread, stage) for stage in keys} == keys
+    assert {stage: reuse_stage.stage_key(unread, stage) for stage in keys} == keys
     other = tmp_path / "other.gguf"
     other.write_bytes(Path(tiny_gguf).read_bytes() + b"\0")
     moved = dataclasses.replace(cfg, init=str(other))
-    assert all(pipeline.stage_key(moved, stage) != key for stage, key in keys.items())
-    assert pipeline.stage_key(dataclasses.replace(cfg, eval_humaneval_problems=3), "eval") != \
-        pipeline.stage_key(cfg, "eval")
+    assert all(reuse_stage.stage_key(moved, stage) != key for stage, key in keys.items())
+    assert reuse_stage.stage_key(dataclasses.replace(cfg, eval_humaneval_problems=3), "eval") != \
+        reuse_stage.stage_key(cfg, "eval")
 
 
 # ---------------------------------------------------------------- sample.py --init

@@ -1,4 +1,4 @@
-"""Tests for minilm.tasks: references pass, bugs fail, held-out splits are held out, files round-trip."""
+"""Tests for minilm.data.tasks: references pass, bugs fail, held-out splits are held out, files round-trip."""
 import ast
 import json
 import random
@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minilm.tasks import (FAMILIES, KINDS, SPLITS, SuiteError, TaskFormatError, check_suite, explain_f1,
+from minilm.data.tasks import (FAMILIES, KINDS, SPLITS, SuiteError, TaskFormatError, check_suite, explain_f1,
                           generate_suite, held_out_pairs, load_jsonl, plant_bug, prompt_key, save_jsonl)
-from minilm.tasks.__main__ import main
-from minilm.tasks.compose import ALL_PAIRS, COMPOSE_FAMILIES, EXPRESSIONS, PREDICATES, composition
-from minilm.tasks.family import FRAMES, SEEN_FRAMES, TRAIN_ONLY_FRAMES, Raw, instantiate, template_parts
-from minilm.tasks.suite import FAMILY_BY_NAME, training_weight
+from minilm.data.tasks.__main__ import main
+from minilm.data.tasks.compose import ALL_PAIRS, COMPOSE_FAMILIES, EXPRESSIONS, PREDICATES, composition
+from minilm.data.tasks.family import FRAMES, SEEN_FRAMES, TRAIN_ONLY_FRAMES, Raw, instantiate, template_parts
+from minilm.data.tasks.suite import FAMILY_BY_NAME, training_weight
 
 SMALL = dict(n_train=1200, n_valid=60, n_test=80)
 
@@ -24,7 +24,7 @@ def suite():
 
 
 def run_tests(code, tests):
-    """An independent runner (not minilm.tasks.passes): each assert on its own; True if all pass."""
+    """An independent runner (not minilm.data.tasks.passes): each assert on its own; True if all pass."""
     namespace = {}
     try:
         exec(code, namespace)

@@ -8,8 +8,8 @@ import pytest
 import regex
 from hypothesis import given, strategies as st
 
-from minilm import bpe
-from minilm.tokenizer import Tokenizer, TokenizerFileError
+from minilm.tokenizer import bpe
+from minilm.tokenizer.tokenizer import Tokenizer, TokenizerFileError
 
 tokenizers = pytest.importorskip("tokenizers")
 

@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 
 from minilm import checkpoint as ckpt
 from minilm.config import PRESETS
-from minilm.distributed import DistInfo
+from minilm.training.distributed import DistInfo
 from minilm.loss import nll_loss
-from minilm.model import GPT
-from minilm.optim import lr_at, make_optimizer, param_groups
-from minilm.trainer import (Batch, EarlyStopping, Schedule, Trainer, TrainingDiverged, TrainingInterrupted,
+from minilm.model.gpt import GPT
+from minilm.training.optim import lr_at, make_optimizer, param_groups
+from minilm.training.trainer import (Batch, EarlyStopping, TrainSettings, Trainer, TrainingDiverged, TrainingInterrupted,
                             estimate_loss)
 
 MODEL = replace(PRESETS["tiny"].model, block_size=32, dropout=0.1)
@@ -67,17 +67,17 @@ def periodic_tokens(n: int = 4000, period: int = 37, seed: int = 0) -> np.ndarra
 
 
 def stream_batches(batch_size: int, seed: int = 0):
-    """The pretraining batch source over periodic_tokens (minilm.stages.pretrain_batches)."""
-    from minilm.stages import pretrain_batches
+    """The pretraining batch source over periodic_tokens (minilm.stages.training.pretrain_batches)."""
+    from minilm.stages.pretrain import pretrain_batches
     return pretrain_batches(periodic_tokens(), batch_size, MODEL.block_size, seed)
 
 
 def make_trainer(run_dir, *, batches=None, evaluate=None, save_best=None, dist=DistInfo(), model=None,
                  dtype=torch.float32, **schedule):
-    """A Trainer for the tiny model; `schedule` overrides the Schedule's fields."""
+    """A Trainer for the tiny model; `schedule` overrides the TrainSettings's fields."""
     defaults = dict(stage="pretrain", max_iters=6, lr=3e-3, min_lr=3e-4, warmup_iters=2, batch_size=4,
                     grad_accum=1, eval_interval=3, log_interval=2, seed=0)
-    schedule = Schedule(**{**defaults, **schedule})
+    schedule = TrainSettings(**{**defaults, **schedule})
     if model is None:
         torch.manual_seed(0)
         model = GPT(MODEL)
@@ -275,7 +275,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_identically(tmp_path, op
 def test_stop_requests_put_back_whatever_handler_was_there(previous, how):
     """However the tests are started (a terminal, nohup, a CI runner ignoring SIGINT), a run leaves
     the signal handlers as it found them, also when it ends with an exception."""
-    from minilm.trainer import _StopRequests
+    from minilm.training.trainer import _StopRequests
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for sig in saved:

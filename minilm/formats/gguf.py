@@ -183,7 +183,7 @@ def hf_name(gguf_name: str) -> str:
 
 def _rotary_heads(name: str, config: ModelConfig) -> int:
     """The heads whose rows llama.cpp permutes in a GGUF tensor: n_head for Q, n_kv_head for K, else 0."""
-    return {"attn_q": config.n_head, "attn_k": config.kv_heads}.get(name.split(".")[-2], 0)
+    return {"attn_q": config.n_head, "attn_k": config.resolved_n_kv_head}.get(name.split(".")[-2], 0)
 
 
 def state_dict_from_gguf(tensors: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
@@ -210,7 +210,7 @@ def gguf_tensors_from_state_dict(state: dict[str, torch.Tensor], config: ModelCo
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of a llama GGUF for this config, with its numpy shape (out, in)."""
-    from minilm.model import GPT
+    from minilm.model.gpt import GPT
     with torch.device("meta"):  # shapes only
         state = GPT(config).state_dict()
     return {name: tuple(t.shape) for name, t in gguf_tensors_from_state_dict(state, config).items()}
@@ -243,7 +243,7 @@ def _dequantised(reader, config: ModelConfig) -> dict[str, torch.Tensor]:
 def load_gguf(source, dtype: torch.dtype = torch.float32):
     """A GPT (eval mode) with the weights of a llama GGUF file (a path or an open reader),
     dequantised to fp32, then cast to dtype."""
-    from minilm.model import GPT
+    from minilm.model.gpt import GPT
     reader = open_gguf(source)
     config = _config_from_reader(reader)
     state = state_dict_from_gguf(_dequantised(reader, config), config)
@@ -268,7 +268,7 @@ def _check_exportable(model) -> ModelConfig:
     if any(name.endswith(("lora_A.weight", "lora_B.weight")) or ".base_layer." in name
            for name in model.state_dict()):
         raise ValueError("the model still has LoRA adapters; merge them first with "
-                         "minilm.lora.merge_and_unload(model)")
+                         "minilm.model.lora.merge_and_unload(model)")
     return config
 
 
@@ -318,9 +318,9 @@ def save_gguf(model, path, tokenizer_metadata: Optional[dict] = None, qtype: str
     writer.add_block_count(config.n_layer)
     writer.add_context_length(config.block_size)
     writer.add_embedding_length(config.n_embd)
-    writer.add_feed_forward_length(config.hidden)
+    writer.add_feed_forward_length(config.resolved_mlp_hidden)
     writer.add_head_count(config.n_head)
-    writer.add_head_count_kv(config.kv_heads)
+    writer.add_head_count_kv(config.resolved_n_kv_head)
     writer.add_rope_freq_base(config.rope_base)
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_layer_norm_rms_eps(config.norm_eps)

@@ -4,7 +4,7 @@ llama.cpp's GGUF format keeps the tokenizer in the file's metadata, next to the 
 
     tokenizer.ggml.model       "gpt2": byte-level BPE, the only kind read here
     tokenizer.ggml.pre         llama.cpp's name for the split before BPE ("smollm": every digit
-                               on its own, then GPT-2's pattern; see minilm.bpe.SMOLLM_PATTERN)
+                               on its own, then GPT-2's pattern; see minilm.tokenizer.bpe.SMOLLM_PATTERN)
     tokenizer.ggml.tokens      each token's string in GPT-2's byte alphabet, in id order
     tokenizer.ggml.token_type  1 normal, 3 control (<|im_start|>, <|im_end|>, <|endoftext|>, ...)
     tokenizer.ggml.merges      "left right" strings, in rank order
@@ -14,14 +14,14 @@ Control tokens become the tokenizer's special tokens: inserted by id, never prod
 refused in ordinary text unless allowed. The bos / eos / unknown / padding ids name tokens that
 are already there and change nothing in encoding: SmolLM2's unknown id 0 is <|endoftext|>, but
 a `tokenizers` BPE model built without an unknown token (as transformers' GGUF loader builds
-it) drops a byte the vocabulary lacks, and so do we (see minilm.tokenizer). The reader is the
+it) drops a byte the vocabulary lacks, and so do we (see minilm.tokenizer.tokenizer). The reader is the
 format's own library, `gguf` (GGUFReader).
 """
 
 from minilm.formats.gguf import gguf_field, open_gguf
-from minilm.tokenizer import Tokenizer
+from minilm.tokenizer.tokenizer import Tokenizer
 
-# llama.cpp's pre-tokenizer names -> our split patterns (minilm.bpe.PATTERNS)
+# llama.cpp's pre-tokenizer names -> our split patterns (minilm.tokenizer.bpe.PATTERNS)
 PRE_TOKENIZERS = {"smollm": "smollm", "gpt-2": "gpt2"}
 NORMAL, CONTROL = 1, 3  # tokenizer.ggml.token_type values (llama.cpp's LLAMA_TOKEN_TYPE_*)
 
@@ -37,7 +37,7 @@ def tokenizer_from_gguf(source) -> Tokenizer:
     pre = gguf_field(reader, "tokenizer.ggml.pre")
     if pre not in PRE_TOKENIZERS:
         raise ValueError(f"{path}: pre-tokenizer {pre!r} is not one minilm knows "
-                         f"({', '.join(sorted(PRE_TOKENIZERS))}); add its split to minilm.bpe.PATTERNS")
+                         f"({', '.join(sorted(PRE_TOKENIZERS))}); add its split to minilm.tokenizer.bpe.PATTERNS")
     strings = gguf_field(reader, "tokenizer.ggml.tokens")
     token_types = gguf_field(reader, "tokenizer.ggml.token_type")
     unknown = sorted({t for t in token_types if t not in (NORMAL, CONTROL)})

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from minilm.config import ModelConfig
-from minilm.model import GPT
+from minilm.model.gpt import GPT
 
 LLAMA_CHOICES = dict(norm="rmsnorm", mlp="swiglu", position="rope")  # what the format can hold
 
@@ -59,12 +59,12 @@ def hf_config_from_llama(config: ModelConfig) -> dict:
     other = [f"{k}={getattr(config, k)!r}" for k, v in LLAMA_CHOICES.items() if getattr(config, k) != v]
     if other:
         raise ValueError(f"a Llama checkpoint needs norm='rmsnorm', mlp='swiglu', position='rope'; this model "
-                         f"has {', '.join(other)} (export GPT-2-style models with minilm.gpt2_interop.save_hf_gpt2)")
+                         f"has {', '.join(other)} (export GPT-2-style models with minilm.formats.gpt2.save_hf_gpt2)")
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
         "vocab_size": config.vocab_size, "max_position_embeddings": config.block_size,
-        "hidden_size": config.n_embd, "intermediate_size": config.hidden, "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head, "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim,
+        "hidden_size": config.n_embd, "intermediate_size": config.resolved_mlp_hidden, "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head, "num_key_value_heads": config.resolved_n_kv_head, "head_dim": config.head_dim,
         "rms_norm_eps": config.norm_eps, "tie_word_embeddings": config.tie_embeddings,
         "attention_bias": config.bias, "mlp_bias": config.bias, "torch_dtype": "float32",
         # transformers 5 reads rope_parameters, 4.x reads rope_theta
@@ -119,7 +119,7 @@ def state_dict_from_hf_llama(hf_state: dict, config: ModelConfig) -> dict:
 def state_dict_to_hf_llama(our_state: dict, config: ModelConfig) -> dict:
     """A LlamaForCausalLM state dict from ours (copies; lm_head.weight too when tied, as its
     state_dict() has it): c_attn splits into q, k, v by rows, c_fc into gate and up."""
-    q, kv, H = config.n_head * config.head_dim, config.kv_heads * config.head_dim, config.hidden
+    q, kv, H = config.n_head * config.head_dim, config.resolved_n_kv_head * config.head_dim, config.resolved_mlp_hidden
     split_rows = {"attn.c_attn": [q, kv, kv], "mlp.c_fc": [H, H]}
     hf = {}
     for name, parts in _name_map(config):

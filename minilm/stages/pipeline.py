@@ -1,0 +1,67 @@
+"""The whole mission as stages: tokenizer -> pretrain -> finetune -> eval, each reused when unchanged.
+
+    python train.py --config small                 # every stage, in order
+    python train.py --config small --stage eval    # one stage
+
+Each stage is one function taking the RunConfig, the options, the process group and a log, and
+delegating to its module in this folder; adding a stage is one function and one entry in STAGES.
+run_stage skips a stage that finished with the same inputs (minilm/stages/reuse.py) and records
+the ones it runs. The run-directory layout is in minilm/checkpoint.py.
+"""
+from __future__ import annotations
+
+import time
+
+from minilm.config import RunConfig
+from minilm.stages import reuse
+from minilm.stages.eval import run_eval
+from minilm.stages.finetune import run_finetune
+from minilm.stages.pretrain import import_base, run_pretrain
+from minilm.stages.report import write_run_report
+from minilm.stages.tokenizer import ensure_tokenizer, forget_tokenizer
+from minilm.training.distributed import barrier
+
+
+def stage_tokenizer(cfg: RunConfig, opts: dict, dist, log) -> None:
+    if dist.is_main:
+        forget_tokenizer(cfg)  # the stage runs because its settings changed (or --force)
+    tok = ensure_tokenizer(cfg, dist, log)
+    log(f"tokenizer: {tok.vocab_size} tokens in {cfg.out_dir}/tokenizer.json")
+
+
+def stage_pretrain(cfg: RunConfig, opts: dict, dist, log) -> None:
+    if cfg.init:  # a pretrained base: its weights are imported, not trained
+        import_base(cfg, dist, log)
+    else:
+        run_pretrain(cfg, dist, resume=opts["resume"], log=log)
+
+
+def stage_finetune(cfg: RunConfig, opts: dict, dist, log) -> None:
+    run_finetune(cfg, dist, resume=opts["resume"], log=log)
+
+
+def stage_eval(cfg: RunConfig, opts: dict, dist, log) -> None:
+    if not dist.is_main:
+        return  # evaluation runs on one process
+    start = time.perf_counter()
+    report = run_eval(cfg, log, reuse=not opts["force"])  # --force redoes every part
+    write_run_report(cfg, report, time.perf_counter() - start, log)
+
+
+STAGES = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain, "finetune": stage_finetune,
+          "eval": stage_eval}
+PIPELINE = ("tokenizer", "pretrain", "finetune", "eval")
+
+
+def run_stage(name: str, cfg: RunConfig, opts: dict, dist, log) -> None:
+    """Run one stage unless it already finished with the same inputs; record its key and time."""
+    if not opts["force"] and reuse.is_done(cfg, name):
+        log(f"{name}: reusing the finished stage in {cfg.out_dir} (inputs unchanged; --force redoes it)")
+        return
+    if dist.is_main:
+        reuse.forget_done(cfg, name)
+    start = time.perf_counter()
+    STAGES[name](cfg, opts, dist, log)
+    barrier(dist)
+    if dist.is_main:
+        reuse.mark_done(cfg, name, time.perf_counter() - start)
