@@ -35,12 +35,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's minilm, not an installed one
 from minilm.config import PRESETS  # noqa: E402
-from minilm.training.freeze import count_parameters, lora_param_groups  # noqa: E402
+from minilm.formats.peft import save_adapter  # noqa: E402
 from minilm.loss import nll_loss  # noqa: E402
-from minilm.model.lora import apply_lora, save_adapter  # noqa: E402
 from minilm.model.gpt import GPT  # noqa: E402
-from minilm.training.optim import param_groups  # noqa: E402
+from minilm.model.lora import apply_lora  # noqa: E402
 from minilm.runtime import machine_summary  # noqa: E402
+from minilm.training.freeze import count_parameters, lora_param_groups  # noqa: E402
+from minilm.training.optim import param_groups  # noqa: E402
 
 
 def current_rss_bytes() -> int:

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minilm import runtime  # noqa: E402
 from minilm.config import PRESETS, ModelConfig  # noqa: E402
 from minilm.model.gpt import GPT  # noqa: E402
-from minilm.training.optim import make_optimizer, newton_schulz_dtype  # noqa: E402
 from minilm.stages.pretrain import pretrain_batches  # noqa: E402
+from minilm.training.optim import make_optimizer, newton_schulz_dtype  # noqa: E402
 from minilm.training.trainer import TrainSettings, Trainer, estimate_loss  # noqa: E402
 
 

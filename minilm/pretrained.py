@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from minilm.checkpoint import file_sha256
 from minilm.config import ConfigError, ModelConfig
+from minilm.formats.gguf import default_gguf_path, load_gguf, open_gguf, read_gguf_config
+from minilm.formats.gguf_tokenizer import tokenizer_from_gguf
+from minilm.formats.llama_hf import llama_config_from_hf, load_hf_llama
+from minilm.tokenizer.tokenizer import Tokenizer
 
 SMOLLM2 = "smollm2"
 # Fields that change neither the weights nor the function they compute.
@@ -41,7 +46,6 @@ class Base:
 
 def resolve_init(init: str) -> Base:
     """The base `--init` names ("smollm2", a .gguf file or a directory); ConfigError if there is none."""
-    from minilm.formats.gguf import default_gguf_path
     if not init:
         raise ConfigError("no base to load: --init is empty (set --init smollm2, a .gguf file or a "
                           "Hugging Face Llama directory)")
@@ -66,7 +70,6 @@ def resolve_init(init: str) -> Base:
 def _gguf_reader(path: Path):
     """One GGUFReader per file and process: opening one parses all its metadata (seconds for
     SmolLM2's 49k tokens), and the tokenizer and weights are read from the same reader."""
-    from minilm.formats.gguf import open_gguf
     return open_gguf(str(path))
 
 
@@ -80,8 +83,6 @@ def _failing_as_config_error(base: Base, what: str, load):
 
 def base_config(base: Base) -> ModelConfig:
     """The ModelConfig of the base, from its metadata (GGUF) or config.json (no weight is read)."""
-    from minilm.formats.gguf import read_gguf_config
-    from minilm.formats.llama_hf import llama_config_from_hf
     if base.kind == "gguf":
         return _failing_as_config_error(base, "model config", lambda: read_gguf_config(_gguf_reader(base.path)))
     return _failing_as_config_error(
@@ -104,8 +105,6 @@ def check_model_config(base: Base, run: ModelConfig) -> None:
 def load_base_model(base: Base, run: Optional[ModelConfig] = None):
     """The base's weights in our decoder (fp32, eval mode, the base's own config), checked against
     the run's config first when `run` is given."""
-    from minilm.formats.gguf import load_gguf
-    from minilm.formats.llama_hf import load_hf_llama
     if run is not None:
         check_model_config(base, run)
     if base.kind == "gguf":
@@ -117,8 +116,6 @@ def load_base_model(base: Base, run: Optional[ModelConfig] = None):
 
 def load_base_tokenizer(base: Base):
     """The base's own tokenizer: from the GGUF metadata, or the directory's tokenizer.json."""
-    from minilm.formats.gguf_tokenizer import tokenizer_from_gguf
-    from minilm.tokenizer.tokenizer import Tokenizer
     if base.kind == "gguf":
         return _failing_as_config_error(base, "tokenizer", lambda: tokenizer_from_gguf(_gguf_reader(base.path)))
     return _failing_as_config_error(base, "tokenizer", lambda: Tokenizer.from_hf(base.path / "tokenizer.json"))
@@ -138,7 +135,6 @@ def describe(base: Base) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    from minilm.checkpoint import file_sha256
     return file_sha256(path)
 
 

@@ -15,8 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from minilm import runtime
 
-from minilm.training import optim
 from minilm.config import PRESETS
+from minilm.training import optim
 
 # The aten ops that do a matmul's work (linear and matmul decompose into these before dispatch),
 # plus every scaled_dot_product_attention kernel and its backward.

@@ -213,6 +213,7 @@ def tokenizer():
 
 
 def _finished_run(run_dir: Path, tok, lora_adapter: bool):
+    from minilm.formats import peft
     from minilm.model import lora
     from minilm.data.tokens import tokenizer_fingerprint
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -232,7 +233,7 @@ def _finished_run(run_dir: Path, tok, lora_adapter: bool):
                 p.normal_(0, 0.05)  # a trained adapter is not zero
     ft = run_dir / "finetune"
     ft.mkdir()
-    lora.save_adapter(tuned, ft)
+    peft.save_adapter(tuned, ft)
     ckpt.write_json_atomic(ft / "base.json", {"base": "../pretrain/model.safetensors",
                                               "sha256": ckpt.file_sha256(base_path)})
     return tuned

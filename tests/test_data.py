@@ -14,12 +14,12 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-import minilm.data.corpus as corpus_module
 from minilm.data import tokens as data
 from minilm.data.corpus import build_corpus, find_python_files, is_generated, split_of
-from minilm.data.tokens import EOT, get_batch, iter_eval_batches, load_meta, prepare_tokens, token_dtype
 from minilm.data.sft import SPECIAL_TOKENS
+from minilm.data.tokens import EOT, get_batch, iter_eval_batches, load_meta, prepare_tokens, token_dtype
 from minilm.tokenizer.tokenizer import Tokenizer
+import minilm.data.corpus as corpus_module
 
 def tiny_tokenizer(vocab_size=300):
     """A real minilm Tokenizer, small enough to train in milliseconds."""

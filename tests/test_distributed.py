@@ -9,8 +9,8 @@ import torch.multiprocessing as mp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minilm.training.distributed import DistInfo
 from minilm.model.gpt import GPT
+from minilm.training.distributed import DistInfo
 from test_trainer import MODEL, collate_rows, make_trainer, ragged_rows
 
 

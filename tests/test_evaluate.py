@@ -16,9 +16,9 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from minilm.data import sft
 from minilm.checkpoint import save_weights, trainable_state
 from minilm.config import ModelConfig
+from minilm.data import sft
 from conftest import ScriptedModel
 from minilm.evaluation.evaluate import (build_report, evaluate_model, generate_completions, score_completions,
                                         teacher_forced)
@@ -26,8 +26,8 @@ from minilm.generation.completions import batches_by_length
 from minilm.loss import nll_loss
 from minilm.evaluation.metrics import (compare_reports, pass_at_k, pass_at_k_reference, summarize,
                             summarize_group, write_comparison, write_report)
-from minilm.model.gpt import GPT
 from minilm.data.tasks import generate_suite
+from minilm.model.gpt import GPT
 from minilm.tokenizer.tokenizer import Tokenizer
 
 

@@ -22,10 +22,10 @@ from minilm.config import ModelConfig
 from minilm.formats import gguf as gguf_format
 from minilm.formats.gguf import (gguf_field, load_gguf, permute_rotary_rows, read_gguf_config,
                                  read_tokenizer_metadata, save_gguf, unpermute_rotary_rows)
+from minilm.model.gpt import GPT
 from minilm.model.layers import apply_rotary, rotary_cos_sin
 from minilm.model.linear import reference_path
 from minilm.model.lora import apply_lora, merge_and_unload
-from minilm.model.gpt import GPT
 
 # Rows of every matrix are multiples of 32, so each quantised type can hold them.
 TINY = ModelConfig(vocab_size=96, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp="swiglu",

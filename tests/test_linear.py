@@ -6,8 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
-import minilm.model.linear as minilm_linear
 from minilm.model.linear import Linear, OneDNNLinear, linear, linear_backend, reference_path, uses_onednn
+import minilm.model.linear as minilm_linear
 
 needs_onednn = pytest.mark.skipif(linear_backend() != "onednn", reason="this torch build has no oneDNN linear")
 

@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 from minilm.config import ModelConfig
 from minilm.training.freeze import (count_parameters, freeze_all, lora_param_groups, trainable_parameter_report,
                            unfreeze_top_k_blocks)
-from minilm.model.lora import (LoRALinear, apply_lora, load_adapter, lora_layers, merge_and_unload, merge_lora,
-                         save_adapter, unmerge_lora)
+from minilm.formats.peft import load_adapter, save_adapter
 from minilm.model.gpt import GPT
+from minilm.model.lora import LoRALinear, apply_lora, lora_layers, merge_and_unload, merge_lora, unmerge_lora
 
 CONFIG = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 dims = st.integers(1, 24)

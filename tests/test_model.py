@@ -10,15 +10,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
-import minilm.model.layers
-import minilm.generation.decode
-import minilm.model.gpt
 from minilm.config import MLPS, NORMS, PRESETS, ConfigError, ModelConfig
 from minilm.formats.gpt2 import save_hf_gpt2
 from minilm.generation.decode import sample_next
 from minilm.model.gpt import GPT
 from minilm.model.kv_cache import KVCache
 from minilm.model.layers import apply_rotary, causal_mask, reference_attention, rotary_cos_sin
+import minilm.generation.decode
+import minilm.model.gpt
+import minilm.model.layers
 
 
 # A Llama-shaped decoder at test size: every choice that differs from GPT-2's.

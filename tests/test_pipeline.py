@@ -10,15 +10,15 @@ import torch
 
 from minilm.model import lora
 
+from minilm.config import PRESETS, RunConfig
+from minilm.data.sft import SPECIAL_TOKENS, build_examples
+from minilm.evaluation.metrics import pass_at_k
+from minilm.model.gpt import GPT
 from minilm.stages import eval as eval_stage
 from minilm.stages import report as report_stage
 from minilm.stages import reuse as reuse_stage
-from minilm.config import PRESETS, RunConfig
-from minilm.evaluation.metrics import pass_at_k
-from minilm.data.sft import SPECIAL_TOKENS, build_examples
-from minilm.model.gpt import GPT
-from minilm.stages.pretrain import mixed_batches
 from minilm.stages.finetune import prepare_finetune_model, sft_batches
+from minilm.stages.pretrain import mixed_batches
 from minilm.tokenizer.tokenizer import Tokenizer
 from minilm.training.trainer import Batch
 

@@ -8,11 +8,11 @@ from dataclasses import replace
 import torch
 from hypothesis import given, strategies as st
 
-from minilm.model import lora
 from minilm.config import MLPS, NORMS, PRESETS, ModelConfig
+from minilm.data.sft import add_embedding_noise
+from minilm.model import lora
 from minilm.model.gpt import GPT
 from minilm.model.kv_cache import shared_prefix_length
-from minilm.data.sft import add_embedding_noise
 from minilm.stages.finetune import finetune_is_noiseless
 from minilm.training.trainer import SHARE_MIN_SAVING, Batch, TrainSettings, Trainer
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from minilm.stages import eval as eval_stage
-from minilm.stages import reuse as reuse_stage
-from minilm.data import sft
 from minilm.checkpoint import load_run
 from minilm.config import PRESETS, ConfigError, ModelConfig
+from minilm.data import sft
 from minilm.formats.gguf import load_gguf, save_gguf
 from minilm.model.gpt import GPT
 from minilm.pretrained import check_model_config, describe, resolve_init
+from minilm.stages import eval as eval_stage
+from minilm.stages import reuse as reuse_stage
 from minilm.tokenizer.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from minilm import checkpoint as ckpt
 from minilm.config import PRESETS
-from minilm.training.distributed import DistInfo
 from minilm.loss import nll_loss
 from minilm.model.gpt import GPT
+from minilm.training.distributed import DistInfo
 from minilm.training.optim import lr_at, make_optimizer, param_groups
 from minilm.training.trainer import (Batch, EarlyStopping, TrainSettings, Trainer, TrainingDiverged, TrainingInterrupted,
                             estimate_loss)

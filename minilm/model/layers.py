@@ -13,9 +13,9 @@ Attention has two paths that compute the same function (tests/test_layers.py pro
   - "reference": the formula written out, softmax(Q K^T / sqrt(d_head) + causal_mask) V;
   - "sdpa":      torch's F.scaled_dot_product_attention (flash attention on CUDA);
   - "auto" (the default) takes the one that is faster where it runs: the reference under bf16 on a
-    CPU, where two bf16 matmuls keep up with or beat torch's CPU flash kernel (0.99-1.15x for the
-    small model, bench/bench_attention.py --dtype bfloat16), and sdpa everywhere else (1.03-1.09x
-    in fp32 on a CPU; flash attention on CUDA).
+    CPU, where two bf16 matmuls keep up with or beat torch's CPU flash kernel, and sdpa everywhere
+    else (flash attention on CUDA); bench/bench_attention.py measures it, docs/experiments.md has
+    the figures.
 
 Every weight matrix is a minilm.model.linear.Linear: an nn.Linear whose fp32 matmul on a CPU runs on
 oneDNN, the same function by a faster kernel (see that module).
@@ -145,7 +145,7 @@ class CausalSelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
             elif T == 1 and gqa:  # one new token per row (decoding) sees every key not hidden as padding:
                 # its group's query heads become query rows of their shared key/value head, so no
-                # key is repeated per head (1.4-1.7x faster than enable_gqa on a CPU at SmolLM2's 9/3)
+                # key is repeated per head (faster than enable_gqa on a CPU at SmolLM2's 9/3 heads)
                 mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, past + 1)
                 y = F.scaled_dot_product_attention(q.reshape(B, n_kv, nh // n_kv, hs), k, v, attn_mask=mask,
                                                    dropout_p=dropout_p).view(B, nh, 1, hs)

@@ -7,15 +7,12 @@ It computes F.linear's function; what changes is the kernel:
   - the fast path: oneDNN's fp32 matmul (torch.ops.mkldnn._linear_pointwise, the kernel torch's
     own compiler uses for CPU linears), forward and backward, in the autograd function below.
 
-Why: on the AMD EPYC (AVX-512) this project is measured on, one core runs MKL's fp32 GEMM at
-70-90 GFLOP/s at SmolLM2's shapes and oneDNN's at about 100; SmolLM2's forward and LoRA step
-(bench/bench_smollm2.py, one thread) run about 1.15x faster with it. The results are fp32 matmuls
-summed in another order: they differ from F.linear by float rounding only (tests/test_linear.py
-compares values and all three gradients). On SmolLM2's logits that is up to 1.1e-4 from
-transformers, whose own fp32 error against float64 is 4-9e-5; ours is 1.1-1.7x that
-(tests/test_gguf.py checks it stays within 2x, and the reference path within 1e-4 of transformers).
-Measured on a Zen 4 only; on another processor `python bench/bench_smollm2.py` says whether it pays,
-and MINILM_ONEDNN=0 turns it off.
+Why: at SmolLM2's shapes oneDNN's fp32 GEMM was faster than MKL's on the Zen 4 this was measured
+on (docs/experiments.md, "Linears on oneDNN"); a kernel that wins on one processor can lose on
+another, so `python bench/bench_smollm2.py` says whether it pays here, and MINILM_ONEDNN=0 turns it
+off. The results are fp32 matmuls summed in another order: they differ from F.linear by float
+rounding only (tests/test_linear.py compares values and all three gradients; tests/test_gguf.py
+keeps SmolLM2's logits within 2x transformers' own fp32 error).
 
 The fast path is taken on a CPU, with fp32 input and weight, outside autocast (bf16 autocast must
 keep its bf16 matmuls) and outside torch.compile (its compiler picks kernels itself). Anywhere

@@ -294,16 +294,3 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     model.__dict__.pop("lora_config", None)
     model.requires_grad_(True)
     return model
-
-
-# ---------------------------------------------------------------- adapter files (minilm/formats/peft.py)
-def save_adapter(model: nn.Module, directory) -> None:
-    """Write adapter_config.json + adapter_model.safetensors in PEFT's layout (see minilm/formats/peft.py)."""
-    from minilm.formats.peft import save_adapter as save
-    save(model, directory)
-
-
-def load_adapter(model: nn.Module, directory) -> nn.Module:
-    """Load a minilm or PEFT LoRA adapter onto the model (see minilm/formats/peft.py)."""
-    from minilm.formats.peft import load_adapter as load
-    return load(model, directory)

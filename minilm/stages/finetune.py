@@ -148,7 +148,7 @@ def finetune_is_noiseless(cfg: RunConfig) -> bool:
 
 
 def _save_adapter_atomic(model, stage_dir: Path) -> None:
-    """lora.save_adapter into a temporary folder, then each file renamed into place."""
+    """peft.save_adapter into a temporary folder, then each file renamed into place."""
     with tempfile.TemporaryDirectory(dir=stage_dir) as tmp:
         peft.save_adapter(model, tmp)
         for name in sorted(os.listdir(tmp)):  # adapter_config.json before adapter_model.safetensors

@@ -31,15 +31,15 @@ ByteLevel pre-tokenizer and the full byte alphabet; tests/test_tokenizer.py chec
      two heap entries can tie exactly (same count, same pair), and `tokenizers` then pops them
      in an order set by its hash maps, which no other program can reproduce.
 
+Reference path (`train_bpe_reference`): recount every pair of the corpus before each merge,
+as minbpe does (read it first). O(merges x corpus), short and obviously right; the tests check the two agree.
+
 Fast path (`train_bpe`): the merge loop is incremental, as in `tokenizers`. A max-heap holds
 (count, pair) entries with lazy refresh: a popped entry whose count went stale is pushed
 back with its current count. An index maps each pair to the words that contain it, so a
 merge touches only those words, and each touched word reports the pair counts it changed.
 `tokenizers` keeps the heap entry's word set inside the entry; we do the same, because in
 rule 5's rare case it decides which words a merge reaches.
-
-Reference path (`train_bpe_reference`): recount every pair of the corpus before each merge,
-as minbpe does. O(merges x corpus), short and obviously right; the tests check the two agree.
 
 The library (`train_with_tokenizers`): the same training run by `tokenizers` in Rust, fed the
 same special-token-free pieces, with the pre-tokenizer that applies our pattern
@@ -159,6 +159,48 @@ def words_as_ids(word_counts, byte_id):
     return words, counts
 
 
+def train_bpe_reference(word_counts, vocab_size, special_tokens=(), min_frequency=0):
+    """Reference path: recount all pairs before every merge (minbpe's loop, with rules 1-5).
+
+    Same result as `train_bpe` whenever rule 5 never fires; when it does, `tokenizers` (and
+    `train_bpe`) can merge a pair in only part of the corpus, which this plain loop does not
+    imitate."""
+    strings, byte_id = initial_vocab(special_tokens)
+    string_id = {s: i for i, s in enumerate(strings)}
+    words, counts = words_as_ids(word_counts, byte_id)
+    merges = []
+    while len(string_id) < vocab_size:
+        pair_counts = Counter()
+        for word, count in zip(words, counts):
+            for pair in zip(word, word[1:]):
+                pair_counts[pair] += count
+        if not pair_counts:
+            break
+        pair = min(pair_counts, key=lambda p: (-pair_counts[p], p))
+        if pair_counts[pair] < max(1, min_frequency):
+            break
+        new_string = strings[pair[0]] + strings[pair[1]]
+        if new_string not in string_id:
+            string_id[new_string] = len(strings)
+            strings.append(new_string)
+        merges.append((*pair, string_id[new_string]))
+        words = [merge_pair(word, pair, string_id[new_string]) for word in words]
+    return strings, merges
+
+
+def merge_pair(ids, pair, new_id):
+    """Replace every non-overlapping occurrence of `pair` in `ids`, left to right."""
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
 def train_bpe(word_counts, vocab_size, special_tokens=(), min_frequency=0, progress=None):
     """Learn merges from word counts with the incremental heap algorithm (fast path).
 
@@ -242,48 +284,6 @@ def _merge_word(word, left, right, new_id, count, index, pair_counts, changed):
                 pair_counts[new_id, after] += count
                 changed.setdefault((new_id, after), set()).add(index)
         i += 1
-
-
-def train_bpe_reference(word_counts, vocab_size, special_tokens=(), min_frequency=0):
-    """Reference path: recount all pairs before every merge (minbpe's loop, with rules 1-5).
-
-    Same result as `train_bpe` whenever rule 5 never fires; when it does, `tokenizers` (and
-    `train_bpe`) can merge a pair in only part of the corpus, which this plain loop does not
-    imitate."""
-    strings, byte_id = initial_vocab(special_tokens)
-    string_id = {s: i for i, s in enumerate(strings)}
-    words, counts = words_as_ids(word_counts, byte_id)
-    merges = []
-    while len(string_id) < vocab_size:
-        pair_counts = Counter()
-        for word, count in zip(words, counts):
-            for pair in zip(word, word[1:]):
-                pair_counts[pair] += count
-        if not pair_counts:
-            break
-        pair = min(pair_counts, key=lambda p: (-pair_counts[p], p))
-        if pair_counts[pair] < max(1, min_frequency):
-            break
-        new_string = strings[pair[0]] + strings[pair[1]]
-        if new_string not in string_id:
-            string_id[new_string] = len(strings)
-            strings.append(new_string)
-        merges.append((*pair, string_id[new_string]))
-        words = [merge_pair(word, pair, string_id[new_string]) for word in words]
-    return strings, merges
-
-
-def merge_pair(ids, pair, new_id):
-    """Replace every non-overlapping occurrence of `pair` in `ids`, left to right."""
-    out, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
 
 
 # ---------------------------------------------------------------- the tokenizers library

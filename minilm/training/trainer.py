@@ -40,12 +40,12 @@ import torch
 import torch.nn as nn
 
 from minilm import checkpoint as ckpt, seeds
-from minilm.training.early_stopping import EarlyStopping
-from minilm.training.distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, sync_context
 from minilm.loss import head_sequence_nll, head_sequence_stats
 from minilm.model.kv_cache import shared_prefix_length
-from minilm.training.optim import lr_at, make_optimizer, set_lr
 from minilm.runtime import autocast, format_duration, peak_flops
+from minilm.training.distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, sync_context
+from minilm.training.early_stopping import EarlyStopping
+from minilm.training.optim import lr_at, make_optimizer, set_lr
 
 # A shared start is computed in a pass of its own; worth it only when it saves a tenth of the positions.
 SHARE_MIN_SAVING = 0.1
