@@ -27,6 +27,7 @@ checkpoint, 130 interrupted by Ctrl-C (a checkpoint was written; --resume contin
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from minilm.config import PRESETS, ConfigError, config_keys, load_config
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
         opts["resume"] = RESUME_VALUES[opts["resume"].lower()]
         # imported only now, so that a typo is reported before torch is even loaded
         from minilm.checkpoint import CheckpointError  # a ConfigError: reported the same way
+        from minilm.rundir import run_lock
         from minilm.runtime import resolve_device
         from minilm.stages.pipeline import PIPELINE, run_stage
         from minilm.training.distributed import cleanup, init_distributed
@@ -66,12 +68,22 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log = (lambda msg: print(msg, flush=True)) if dist.is_main else (lambda msg: None)
-    try:
-        for name in PIPELINE if opts["stage"] == "all" else (opts["stage"],):
-            run_stage(name, cfg, opts, dist, log)
+    try:  # one process writes a run at a time (the others of a torchrun group follow rank 0)
+        with run_lock(cfg.out_dir) if dist.is_main else contextlib.nullcontext():
+            for name in PIPELINE if opts["stage"] == "all" else (opts["stage"],):
+                run_stage(name, cfg, opts, dist, log)
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only or foreign --out_dir: what the system said, on one line
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; free some space or choose another --out_dir "
+              "(finished stages are kept as they were)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # outside training (which checkpoints and raises TrainingInterrupted)
+        print("interrupted; finished stages and evaluation parts are kept: run the same command to go on",
+              file=sys.stderr)
+        return 130
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

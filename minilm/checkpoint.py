@@ -2,7 +2,9 @@
 
 Run directory (RUN_DIR = --out_dir):
 
-    RUN_DIR/config.json                       the RunConfig of the latest invocation
+    RUN_DIR/config.json                       the RunConfig of the last stage that finished
+    RUN_DIR/.lock                             held by the process writing the run (minilm/rundir.py)
+    RUN_DIR/<stage>.partial/                  a stage that has not finished yet (replaces <stage>/ then)
     RUN_DIR/tokenizer.json                    the tokenizer (train.py's tokenizer stage)
     RUN_DIR/pretrain/model.safetensors        final pretrained weights (best validation loss)
     RUN_DIR/pretrain/metrics.jsonl            one JSON object per log line / evaluation
@@ -226,9 +228,10 @@ def save_checkpoint(ckpt_root, step: int, model: nn.Module, optimizer: torch.opt
     os.replace(tmp_dir, final)
     _fsync_dir(ckpt_root)
     write_text_atomic(ckpt_root / LATEST, name + "\n")
-    # Older checkpoints go only after LATEST names the new one.
+    # Older checkpoints go only after LATEST names the new one; so do the half-written folders a
+    # killed run left (one process writes a run: minilm/rundir.py's lock).
     older = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and p.name != name)
-    for old in older[:max(0, len(older) - (keep - 1))]:
+    for old in older[:max(0, len(older) - (keep - 1))] + list(ckpt_root.glob(".step_*.tmp-*")):
         shutil.rmtree(old, ignore_errors=True)
     return final
 

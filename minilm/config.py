@@ -21,6 +21,54 @@ class ConfigError(ValueError):
 OPTIMIZERS = ("adamw", "muon")  # minilm/training/optim.py builds them
 NORMS = ("layernorm", "rmsnorm")  # minilm/model/layers.py builds them
 MLPS = ("gelu", "swiglu")
+FINETUNE_MODES = ("lora", "full", "top_k", "lora+top_k")  # minilm/stages/finetune.py
+# The values each string field takes (minilm builds or reads each one elsewhere; tests check the lists agree).
+CHOICES = {
+    "attention": ("auto", "sdpa", "reference"), "position": ("learned", "rope"), "norm": NORMS, "mlp": MLPS,
+    "dtype": ("auto", "fast", "float32", "fp32", "bfloat16", "bf16"), "optimizer": OPTIMIZERS,
+    "tokenizer_backend": ("minilm", "tokenizers"), "finetune": FINETUNE_MODES,
+    "ft_metric": ("val_loss", "val_token_acc", "pass@1"),
+}
+SPECIAL_TOKEN_COUNT = 5  # minilm.data.sft.SPECIAL_TOKENS: a trained tokenizer needs 256 bytes and these
+INF = float("inf")
+# The range of every numeric field, [low, high] (an open end where a bound is excluded is written
+# below as a strict check). Checked when a config is built, before a run writes anything.
+RANGES = {
+    "vocab_size": (1, 1 << 24), "block_size": (1, 1 << 17), "n_layer": (1, 1024), "n_head": (1, 1024),
+    "n_embd": (1, 1 << 16), "mlp_hidden": (0, 1 << 18), "n_kv_head": (0, 1024), "rope_base": (1.0, INF),
+    "seed": (0, 2**63 - 1), "task_seed": (0, 2**63 - 1), "corpus_max_bytes": (0, INF), "task_train_size": (1, 10**7),
+    "pretrain_task_mix": (0.0, 1.0), "batch_size": (1, 1 << 16), "grad_accum": (1, 1 << 16),
+    "max_iters": (1, 10**9), "min_lr": (0.0, 10.0), "warmup_iters": (0, 10**9), "weight_decay": (0.0, 10.0),
+    "grad_clip": (0.0, INF), "eval_interval": (1, 10**9), "eval_iters": (0, 10**9), "log_interval": (1, 10**9),
+    "ckpt_interval": (0, 10**9), "peak_flops": (0.0, INF), "ft_max_iters": (1, 10**9), "ft_batch_size": (1, 1 << 16),
+    "ft_warmup_iters": (0, 10**9), "ft_eval_interval": (1, 10**9), "ft_grad_accum": (1, 1 << 16),
+    "ft_group_by_length": (0, 1 << 16), "ft_neftune_alpha": (0.0, 1e4), "ft_pass_tasks": (0, 10**6),
+    "ft_eval_tasks": (0, 10**7), "lora_r": (1, 1 << 16), "top_k_layers": (1, 1024), "patience": (1, 10**6),
+    "eval_max_new_tokens": (1, 1 << 17), "eval_tasks_per_split": (1, 10**6), "eval_batch_size": (1, 1 << 16),
+    "eval_humaneval_problems": (0, 164), "eval_humaneval_max_new_tokens": (1, 1 << 17),
+}
+POSITIVE = ("norm_eps", "lr", "ft_lr", "lora_alpha", "loraplus_ratio")  # > 0 and finite
+FRACTIONS = ("dropout", "lora_dropout", "beta1", "beta2")  # in [0, 1)
+
+
+def check_values(config) -> None:
+    """Raise ConfigError naming the first field of `config` (a ModelConfig or RunConfig) whose value
+    is outside its range or choices: --key, the allowed values, what was given."""
+    for f in fields(config):
+        name, value = f.name, getattr(config, f.name)
+        if name in CHOICES and value not in CHOICES[name]:
+            raise ConfigError(f"--{name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value != value:  # NaN fails every comparison below, so name it
+            raise ConfigError(f"--{name} must be a number, got nan")
+        if name in RANGES and not RANGES[name][0] <= value <= RANGES[name][1]:
+            low, high = (f"{bound:g}" if isinstance(bound, float) else str(bound) for bound in RANGES[name])
+            raise ConfigError(f"--{name} must be between {low} and {high}, got {value}")
+        if name in POSITIVE and not 0 < value < INF:
+            raise ConfigError(f"--{name} must be a positive number, got {value}")
+        if name in FRACTIONS and not 0 <= value < 1:
+            raise ConfigError(f"--{name} must be at least 0 and below 1, got {value}")
 
 
 @dataclass(frozen=True)
@@ -61,25 +109,12 @@ class ModelConfig:
         return self.mlp_hidden or 4 * self.n_embd
 
     def __post_init__(self):
-        if self.attention not in ("auto", "sdpa", "reference"):
-            raise ConfigError(f"attention must be 'auto', 'sdpa' or 'reference', got {self.attention!r}")
-        if self.position not in ("learned", "rope"):
-            raise ConfigError(f"position must be 'learned' or 'rope', got {self.position!r}")
+        check_values(self)
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"rope rotates pairs of channels, so the head size must be even, got "
                               f"{self.n_embd // self.n_head}; change n_embd or n_head")
-        if self.norm not in NORMS:
-            raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if self.norm_eps <= 0:
-            raise ConfigError(f"norm_eps must be positive, got {self.norm_eps}")
-        if self.mlp not in MLPS:
-            raise ConfigError(f"mlp must be one of {', '.join(MLPS)}, got {self.mlp!r}")
-        if self.mlp_hidden < 0:
-            raise ConfigError(f"mlp_hidden must be positive (or 0 for 4 * n_embd), got {self.mlp_hidden}")
-        if self.n_kv_head < 0:
-            raise ConfigError(f"n_kv_head must be positive (or 0 for n_head), got {self.n_kv_head}")
         if self.n_head % self.resolved_n_kv_head:
             raise ConfigError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head}): "
                               "each key/value head serves a whole group of query heads")
@@ -159,11 +194,14 @@ class RunConfig:
     eval_humaneval_max_new_tokens: int = 384
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        for name in ("ft_eval_tasks", "eval_humaneval_problems"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name} must be a count (0 = all), got {getattr(self, name)}")
+        check_values(self)
+        if not self.init and self.model.vocab_size < 256 + SPECIAL_TOKEN_COUNT:
+            raise ConfigError(f"--vocab_size must be at least {256 + SPECIAL_TOKEN_COUNT} to train a tokenizer "
+                              f"(256 bytes and {SPECIAL_TOKEN_COUNT} special tokens), got {self.model.vocab_size}")
+        if self.finetune in ("top_k", "lora+top_k") and self.top_k_layers > self.model.n_layer:
+            raise ConfigError(f"--top_k_layers ({self.top_k_layers}) must not exceed --n_layer ({self.model.n_layer})")
+        if self.ft_metric == "pass@1" and self.ft_pass_tasks <= 0:
+            raise ConfigError("--ft_metric pass@1 needs validation tasks to run; set --ft_pass_tasks N (e.g. 20)")
 
 
 PRESETS: dict[str, RunConfig] = {
@@ -231,8 +269,13 @@ def _field_types(cls) -> dict[str, type]:
     return {f.name: hints[f.name] for f in fields(cls) if f.name != "model"}
 
 
+NO_VALUE = "true"  # what a bare `--key` gives: "true" for flags; a config field of another type refuses it
+
+
 def _convert(key: str, raw: str, typ) -> object:
     """Convert a command-line string to the field's type, or raise ConfigError naming the key."""
+    if raw is NO_VALUE and typ is not bool:
+        raise ConfigError(f"--{key} needs a value ({getattr(typ, '__name__', typ)}), e.g. --{key} VALUE")
     optional = typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ)
     if optional:
         if raw.lower() in ("none", "null", ""):
@@ -303,7 +346,7 @@ def parse_overrides(argv: list[str], flags: tuple[str, ...] = ()) -> tuple[dict[
             overrides[key] = argv[i + 1]
             i += 1
         else:
-            overrides[key] = "true"
+            overrides[key] = NO_VALUE
         i += 1
     return overrides, given
 
@@ -324,7 +367,8 @@ def load_config(argv: list[str], options: Optional[dict] = None, default_preset:
         if key in options and key not in flags:
             default = options[key]
             typ = type(default) if default is not None else str
-            chosen[key] = _convert(key, overrides.pop(key), typ)
+            raw = overrides.pop(key)
+            chosen[key] = raw if raw is NO_VALUE else _convert(key, raw, typ)  # a bare option reads "true"
     return apply_overrides(config, overrides), chosen
 
 

@@ -202,13 +202,21 @@ def test_the_command_line_writes_the_humaneval_report(model, tok, tmp_path, caps
     tok.save(str(run / "tokenizer.json"))
     save_weights(run / "pretrain" / "model.safetensors", trainable_state(model, trainable_only=False),
                  model.config)
+    files_of_the_run = sorted(run.rglob("*"))
+    out = tmp_path / "scores"
     assert main(["--run", str(run), "--benchmark", "humaneval", "--limit", "2",
-                 "--max_new_tokens", "4"]) == 0
-    report = json.loads((run / "eval" / "humaneval_pretrain.json").read_text())
+                 "--max_new_tokens", "4", "--out", str(out)]) == 0
+    report = json.loads((out / "humaneval_pretrain.json").read_text())
     assert report["meta"]["format"] == "plain" and len(report["records"]) == 2
+    assert sorted(run.rglob("*")) == files_of_the_run  # a read-only command: nothing written into the run
     capsys.readouterr()
+    # the run's own eval/ belongs to train.py: --out inside the run is refused in one line
+    assert main(["--run", str(run), "--benchmark", "humaneval", "--out", str(run / "eval")]) == 2
+    error = capsys.readouterr().err
+    assert "inside the run" in error and len(error.strip().splitlines()) == 1
+    assert sorted(run.rglob("*")) == files_of_the_run
     # chat prompts asked of a model whose tokenizer has no ChatML tokens: one line naming them, exit 2
-    assert main(["--run", str(run), "--benchmark", "humaneval", "--format", "chat"]) == 2
+    assert main(["--run", str(run), "--benchmark", "humaneval", "--format", "chat", "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert "<|im_start|>" in error and len(error.strip().splitlines()) == 1
 

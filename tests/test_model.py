@@ -483,11 +483,11 @@ def test_generation_sizes_the_cache_to_the_tokens_it_needs(monkeypatch):
 
 @pytest.mark.parametrize("change, message", [
     (dict(n_head=4, n_kv_head=3), "n_head (4) must be a multiple of n_kv_head (3)"),
-    (dict(n_kv_head=-1), "n_kv_head must be positive"),
+    (dict(n_kv_head=-1), "--n_kv_head must be between 0 and 1024, got -1"),
     (dict(norm="batchnorm"), "norm must be one of layernorm, rmsnorm, got 'batchnorm'"),
     (dict(mlp="relu"), "mlp must be one of gelu, swiglu, got 'relu'"),
-    (dict(mlp_hidden=-1), "mlp_hidden must be positive"),
-    (dict(norm_eps=0.0), "norm_eps must be positive"),
+    (dict(mlp_hidden=-1), "--mlp_hidden must be between 0 and 262144, got -1"),
+    (dict(norm_eps=0.0), "--norm_eps must be a positive number, got 0.0"),
 ])
 def test_bad_llama_fields_give_one_clear_line(change, message):
     with pytest.raises(ConfigError) as error:

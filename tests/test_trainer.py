@@ -189,7 +189,7 @@ def test_killed_and_resumed_run_reaches_the_same_weights(tmp_path):
     code = f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r}); import test_trainer; " \
            f"test_trainer._child({str(run_dir)!r}, {max_iters}, {torch.get_num_threads()})"
     child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
-    latest = run_dir / "pretrain" / "checkpoints" / ckpt.LATEST
+    latest = run_dir / "pretrain.partial" / "checkpoints" / ckpt.LATEST  # an unfinished run writes there
     deadline = time.time() + 60
     while time.time() < deadline and child.poll() is None:
         if latest.is_file() and latest.read_text().strip() >= "step_000004":
@@ -242,7 +242,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     with pytest.raises(TrainingDiverged, match=r"step 4: .*not finite.*lower\s+--lr"):
         trainer.fit()
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step was not taken
-    folder = ckpt.latest_checkpoint(tmp_path / "pretrain" / "checkpoints")
+    folder = ckpt.latest_checkpoint(tmp_path / "pretrain.partial" / "checkpoints")  # the run did not finish
     assert folder.name == "step_000003"
     tensors, _ = ckpt.read_weights(folder / ckpt.WEIGHTS)
     assert all(torch.isfinite(t).all() for t in tensors.values())
@@ -263,7 +263,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_identically(tmp_path, op
     with pytest.raises(TrainingInterrupted, match="step 5.*--resume"):
         interrupted.fit()
     assert signal.getsignal(signal.SIGINT) is before  # the handler in place before is back
-    assert ckpt.latest_checkpoint(tmp_path / "run" / "pretrain" / "checkpoints").name == "step_000005"
+    assert ckpt.latest_checkpoint(tmp_path / "run" / "pretrain.partial" / "checkpoints").name == "step_000005"
     resumed = make_trainer(tmp_path / "run", max_iters=8, optimizer=optimizer)
     resumed.fit(resume=True)
     assert_same_weights(weights(reference), weights(resumed))
@@ -275,13 +275,13 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_identically(tmp_path, op
 def test_stop_requests_put_back_whatever_handler_was_there(previous, how):
     """However the tests are started (a terminal, nohup, a CI runner ignoring SIGINT), a run leaves
     the signal handlers as it found them, also when it ends with an exception."""
-    from minilm.training.trainer import _StopRequests
+    from minilm.training.stop_requests import StopRequests
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for sig in saved:
             signal.signal(sig, previous)
         with pytest.raises(RuntimeError) if how == "raised" else contextlib.nullcontext():
-            with _StopRequests(trainer=None):  # its handler is never called here
+            with StopRequests(trainer=None):  # its handler is never called here
                 assert signal.getsignal(signal.SIGINT) is not previous  # ours is in place meanwhile
                 if how == "raised":
                     raise RuntimeError("the run failed")

@@ -1,6 +1,6 @@
 """The evaluation's command line: score a run's models on a task file or on HumanEval.
 
-    python -m minilm.evaluation --run runs/small --task_file my_tasks.jsonl
+    python -m minilm.evaluation --run runs/small --task_file my_tasks.jsonl   # -> evals/small/
     python -m minilm.evaluation --run runs/smollm2 --benchmark humaneval --n 10 --temperature 0.8
 """
 from __future__ import annotations
@@ -36,7 +36,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=0.0, help="seconds per program "
                         "(default 3 for tasks, 5 for HumanEval)")
-    parser.add_argument("--out", default="", help="output folder (default RUN/eval)")
+    parser.add_argument("--out", default="", help="output folder (default evals/RUN_NAME); never inside "
+                        "the run, whose files train.py owns")
     args = parser.parse_args(argv)
     humaneval = args.benchmark == "humaneval"
     try:
@@ -51,7 +52,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tasks = tasks[:args.limit] if args.limit else tasks
         if not tasks:
             raise ValueError(f"{args.task_file}: no tasks left after --splits/--limit")
-        out = Path(args.out or Path(args.run) / "eval")
+        run = Path(args.run).resolve()
+        out = Path(args.out) if args.out else Path("evals") / run.name
+        if out.resolve() == run or run in out.resolve().parents:
+            raise ValueError(f"--out {out} is inside the run {args.run}, whose files train.py owns "
+                             "(its eval/ and report); choose a folder outside it")
         prefix = "humaneval_" if humaneval else ""
         reports = {}
         stages = ["pretrain", "finetune"] if (Path(args.run) / "finetune").is_dir() else ["pretrain"]

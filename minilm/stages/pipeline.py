@@ -6,7 +6,8 @@
 Each stage is one function taking the RunConfig, the options, the process group and a log, and
 delegating to its module in this folder; adding a stage is one function and one entry in STAGES.
 run_stage skips a stage that finished with the same inputs (minilm/stages/reuse.py) and records
-the ones it runs. The run-directory layout is in minilm/checkpoint.py.
+the ones it runs. A stage replaces its outputs only once it has finished (minilm/rundir.py), so
+its record in stages.json stays true until then. The run-directory layout is in minilm/checkpoint.py.
 """
 from __future__ import annotations
 
@@ -14,18 +15,17 @@ import time
 
 from minilm.config import RunConfig
 from minilm.stages import reuse
+from minilm.stages.common import save_config
 from minilm.stages.eval import run_eval
 from minilm.stages.finetune import run_finetune
 from minilm.stages.pretrain import import_base, run_pretrain
 from minilm.stages.report import write_run_report
-from minilm.stages.tokenizer import ensure_tokenizer, forget_tokenizer
+from minilm.stages.tokenizer import ensure_tokenizer
 from minilm.training.distributed import barrier
 
 
 def stage_tokenizer(cfg: RunConfig, opts: dict, dist, log) -> None:
-    if dist.is_main:
-        forget_tokenizer(cfg)  # the stage runs because its settings changed (or --force)
-    tok = ensure_tokenizer(cfg, dist, log)
+    tok = ensure_tokenizer(cfg, dist, log, replace=True)  # it runs because its settings changed (or --force)
     log(f"tokenizer: {tok.vocab_size} tokens in {cfg.out_dir}/tokenizer.json")
 
 
@@ -58,10 +58,9 @@ def run_stage(name: str, cfg: RunConfig, opts: dict, dist, log) -> None:
     if not opts["force"] and reuse.is_done(cfg, name):
         log(f"{name}: reusing the finished stage in {cfg.out_dir} (inputs unchanged; --force redoes it)")
         return
-    if dist.is_main:
-        reuse.forget_done(cfg, name)
     start = time.perf_counter()
-    STAGES[name](cfg, opts, dist, log)
+    STAGES[name](cfg, opts, dist, log)  # replaces the stage's outputs only once it has finished
     barrier(dist)
     if dist.is_main:
         reuse.mark_done(cfg, name, time.perf_counter() - start)
+        save_config(cfg, dist)  # the settings the run's outputs were last made with

@@ -26,7 +26,7 @@ from minilm.loss import bits_per_byte
 from minilm.model.gpt import GPT
 from minilm.pretrained import check_model_config, describe, load_base_model, resolve_init
 from minilm.runtime import runtime_for
-from minilm.stages.common import save_config, task_suite
+from minilm.stages.common import task_suite
 from minilm.stages.finetune import sft_batches
 from minilm.stages.tokenizer import ensure_tokenizer
 from minilm.training.distributed import DistInfo, barrier
@@ -73,7 +73,6 @@ def pretrain_data(cfg: RunConfig, tok, dist: DistInfo = DistInfo(), log=print):
 
 def run_pretrain(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = False, log=print) -> TrainResult:
     device, dtype = runtime_for(cfg)
-    save_config(cfg, dist)
     tok = ensure_tokenizer(cfg, dist, log)
     tok_hash = tokenizer_fingerprint(tok)
     data = pretrain_data(cfg, tok, dist, log)
@@ -112,7 +111,6 @@ def import_base(cfg: RunConfig, dist: DistInfo = DistInfo(), log=print) -> str:
     """The pretraining stage of a run with --init: the base's weights, checked against cfg.model and
     dequantised to fp32, written as RUN_DIR/pretrain/model.safetensors (which fine-tuning, evaluation
     and sample.py read as they read pretrained weights); returns the base's description."""
-    save_config(cfg, dist)
     base = resolve_init(cfg.init)
     check_model_config(base, cfg.model)  # before the tokenizer: a wrong preset fails at once
     tok = ensure_tokenizer(cfg, dist, log)

@@ -148,13 +148,6 @@ def is_done(cfg: RunConfig, stage: str) -> bool:
     return read_stages(run_dir).get(stage, {}).get("key") == stage_key(cfg, stage)
 
 
-def forget_done(cfg: RunConfig, stage: str) -> None:
-    """Drop a stage's record before it runs, so an interrupted re-run is never taken as finished."""
-    stages = read_stages(cfg.out_dir)
-    if stages.pop(stage, None) is not None:
-        ckpt.write_json_atomic(Path(cfg.out_dir) / STAGES_FILE, stages)
-
-
 def mark_done(cfg: RunConfig, stage: str, seconds: float) -> None:
     stages = read_stages(cfg.out_dir)
     stages[stage] = {"key": stage_key(cfg, stage), "seconds": round(seconds, 2),

@@ -17,11 +17,11 @@ from minilm.tokenizer import Tokenizer, TokenizerFileError
 from minilm.training.distributed import DistInfo, barrier
 
 
-def ensure_tokenizer(cfg: RunConfig, dist: DistInfo = DistInfo(), log=print):
-    """RUN_DIR/tokenizer.json: if the run has none, the base's (with --init) or one trained on the
-    corpus's train split."""
+def ensure_tokenizer(cfg: RunConfig, dist: DistInfo = DistInfo(), log=print, replace: bool = False):
+    """RUN_DIR/tokenizer.json: if the run has none (or replace), the base's (with --init) or one
+    trained on the corpus's train split, written over the old one only once it is complete."""
     path = Path(cfg.out_dir) / ckpt.TOKENIZER_FILE
-    if not path.is_file() and dist.is_main:
+    if (replace or not path.is_file()) and dist.is_main:
         if cfg.init:
             base = resolve_init(cfg.init)
             log(f"tokenizer: imported from {base.path} (not trained)")
@@ -47,8 +47,3 @@ def _train_tokenizer(cfg: RunConfig, log=print):
         f"{corpus.n_bytes('train'):,} bytes")
     return Tokenizer.train(list(corpus.texts("train")), cfg.model.vocab_size, special_tokens=SPECIAL_TOKENS,
                            pattern=cfg.tokenizer_pattern, backend=cfg.tokenizer_backend)
-
-
-def forget_tokenizer(cfg: RunConfig) -> None:
-    """A tokenizer trained with other settings must not be picked up by ensure_tokenizer."""
-    (Path(cfg.out_dir) / ckpt.TOKENIZER_FILE).unlink(missing_ok=True)

@@ -29,8 +29,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +37,14 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from minilm import checkpoint as ckpt, seeds
+from minilm import checkpoint as ckpt, rundir, seeds
 from minilm.loss import head_sequence_nll, head_sequence_stats
 from minilm.model.kv_cache import shared_prefix_length
 from minilm.runtime import autocast, format_duration, peak_flops
 from minilm.training.distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, sync_context
 from minilm.training.early_stopping import EarlyStopping
 from minilm.training.optim import lr_at, make_optimizer, set_lr
+from minilm.training.stop_requests import StopRequests
 
 # A shared start is computed in a pass of its own; worth it only when it saves a tenth of the positions.
 SHARE_MIN_SAVING = 0.1
@@ -140,8 +139,9 @@ class Trainer:
 
     batches(step, micro) -> Batch      a pure function: the micro-batch `micro` of step `step`
     evaluate(model) -> dict            validation metrics, including settings.metric
-    save_best(model, stage_dir, info)  writes the stage's stable output file(s); called at each
-                                       improvement of the metric (info: step and metrics)
+    save_best(model, out_dir, info)    writes the stage's stable output file(s) into out_dir (the
+                                       run's <stage>.partial/, which replaces <stage>/ once the run
+                                       finishes); called at each improvement of the metric
     share_prefix: compute a start all rows share once (GPT.forward); False if a step draws noise.
     """
 
@@ -152,7 +152,8 @@ class Trainer:
                  peak_flops_override: float = 0.0, log: Callable[[str], None] = print):
         self.raw_model, self.settings = model, settings
         self.batches, self.evaluate, self.save_best = batches, evaluate, save_best
-        self.stage_dir = Path(run_dir) / settings.stage
+        self.stage_dir = Path(run_dir) / settings.stage  # the finished stage, replaced only at the end
+        self.work_dir = rundir.partial_dir(self.stage_dir)  # where this run writes until then
         self.device, self.dtype, self.dist = torch.device(device), dtype, dist
         self.run_info = dict(run_info or {})  # config, tokenizer and corpus hashes: saved with checkpoints
         self.seq_len: Optional[int] = None  # of the last micro-batch trained on
@@ -214,7 +215,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(
                 f"{s.stage} step {step}: loss {loss} / gradient norm {grad_norm} is not finite; "
-                f"the last good checkpoint in {self.stage_dir / 'checkpoints'} is kept. Try a lower "
+                f"the last good checkpoint in {self.work_dir / 'checkpoints'} is kept. Try a lower "
                 f"--lr (now {s.lr:g}), a longer warm-up, --grad_clip 1.0, --dtype float32, or check the data")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -228,11 +229,13 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> TrainResult:
         s = self.settings
+        if self.dist.is_main:
+            rundir.recover_stage(self.stage_dir)
         resumed = resume and self._resume()
-        if not resumed and self.dist.is_main:  # a fresh start replaces all an earlier run left in the stage
-            shutil.rmtree(self.stage_dir, ignore_errors=True)  # (stale adapters would outrank new weights)
+        if not resumed and self.dist.is_main:  # a fresh start: whatever an unfinished run left goes
+            shutil.rmtree(self.work_dir, ignore_errors=True)  # (stale adapters would outrank new weights)
         barrier(self.dist)
-        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         peak, peak_source = peak_flops(self.device, self.dtype, self.peak_flops_override)
         n_trainable = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
         self.log(f"{s.stage}: {n_trainable:,} trainable parameters, {s.max_iters} steps of "
@@ -242,7 +245,7 @@ class Trainer:
         start_step, started = self.step, time.perf_counter()
         interval_time, interval_tokens, interval_steps = 0.0, 0, 0  # since the last log line
         stopped_early = False
-        with _StopRequests(self):
+        with StopRequests(self):
             while True:
                 if self.step != self.evaluated_step and (
                         self.step % s.eval_interval == 0 or self.step == s.max_iters):
@@ -265,7 +268,10 @@ class Trainer:
                     self._checkpoint()
                     raise TrainingInterrupted(
                         f"{s.stage} interrupted at step {self.step}; checkpoint saved in "
-                        f"{self.stage_dir / 'checkpoints'}; continue with --resume")
+                        f"{self.work_dir / 'checkpoints'}; continue with --resume")
+        barrier(self.dist)
+        if self.dist.is_main:
+            rundir.publish_stage(self.stage_dir)  # finished: now it replaces the stage's last outputs
         barrier(self.dist)
         elapsed = time.perf_counter() - started
         best = "n/a" if self.early.best is None else f"{self.early.best:.4f} at step {self.best_step}"
@@ -299,7 +305,7 @@ class Trainer:
             improved = self.early.update(metrics[s.metric])
             if improved:
                 self.best_step = self.step
-                self.save_best(self.raw_model, self.stage_dir, {"step": self.step, **metrics})
+                self.save_best(self.raw_model, self.work_dir, {"step": self.step, **metrics})
             self.history.append({"step": self.step, **metrics})
             self._record({"kind": "eval", "step": self.step, **metrics, "best": improved})
             shown = " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())
@@ -321,19 +327,30 @@ class Trainer:
                  "history": self.history,
                  # batches are a function of (seed, step): the step is the data position
                  "data_position": {"step": self.step, "seed": self.settings.seed}}
-        ckpt.save_checkpoint(self.stage_dir / "checkpoints", self.step, self.raw_model, self.optimizer,
+        ckpt.save_checkpoint(self.work_dir / "checkpoints", self.step, self.raw_model, self.optimizer,
                              state, self.raw_model.config)
 
     def _resume(self) -> bool:
-        """Load the latest checkpoint of the stage; False when there is none (a fresh start)."""
-        folder = ckpt.latest_checkpoint(self.stage_dir / "checkpoints")
+        """Load the latest checkpoint of the unfinished run, else of the finished stage (to train it
+        further, e.g. to a larger max_iters: its files are copied to work on); False when there is
+        none (a fresh start)."""
+        folder = ckpt.latest_checkpoint(self.work_dir / "checkpoints")
+        finished = folder is None
+        if finished:
+            folder = ckpt.latest_checkpoint(self.stage_dir / "checkpoints")
         if folder is None:
-            self.log(f"{self.settings.stage}: no checkpoint in {self.stage_dir / 'checkpoints'}; starting fresh")
+            self.log(f"{self.settings.stage}: no checkpoint in {self.work_dir} or {self.stage_dir}; starting fresh")
             return False
         state = ckpt.load_checkpoint(folder, self.raw_model, self.optimizer, self.raw_model.config,
                                      tokenizer_sha256=self.run_info.get("tokenizer_sha256"))
         if state.get("stage") != self.settings.stage:
             raise ckpt.CheckpointError(f"{folder}: a {state.get('stage')} checkpoint, not {self.settings.stage}")
+        if finished:  # only once the checkpoint loaded: a refused one leaves nothing behind
+            if self.dist.is_main:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+                shutil.copytree(self.stage_dir, self.work_dir)
+            barrier(self.dist)
+            folder = self.work_dir / "checkpoints" / folder.name
         self.step, self.evaluated_step = state["step"], state["evaluated_step"]
         self.best_step, self.history = state["best_step"], state["history"]
         self.early = EarlyStopping(self.settings.metric, self.settings.patience, state["best"], state["bad_evals"])
@@ -343,7 +360,7 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines a killed run wrote after its last checkpoint; the resumed run rewrites them."""
-        path = self.stage_dir / "metrics.jsonl"
+        path = self.work_dir / "metrics.jsonl"
         if not self.dist.is_main or not path.is_file():
             return
         kept = []
@@ -360,38 +377,5 @@ class Trainer:
 
     def _record(self, record: dict) -> None:
         if self.dist.is_main:
-            with open(self.stage_dir / "metrics.jsonl", "a") as f:
+            with open(self.work_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({**record, "time": time.time()}) + "\n")
-
-
-class _StopRequests:
-    """While training, Ctrl-C / SIGTERM ask the loop to checkpoint and stop at the next step boundary.
-
-    A second Ctrl-C interrupts at once (KeyboardInterrupt), for a loop that is stuck.
-    """
-
-    def __init__(self, trainer: Trainer):
-        self.trainer, self.previous = trainer, {}
-
-    def _handler(self, signum, frame):
-        if self.trainer._stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.trainer._stop_requested = True
-        self.trainer.log(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
-                         "(Ctrl-C again to quit at once)")
-
-    def __enter__(self):
-        """Install the handler, keeping whatever was there to put back on exit: Python's Ctrl-C
-        handler in a terminal, SIG_IGN under nohup or a CI runner, an application's own handler."""
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous = signal.getsignal(sig)
-                if previous is None:  # installed outside Python: it could not be put back, so leave it
-                    continue
-                self.previous[sig] = previous
-                signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
