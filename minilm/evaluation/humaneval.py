@@ -237,24 +237,3 @@ def evaluate_humaneval(model, tok, format: str = "plain", *,
                                         temperature, None, top_p, seed, batch_size, stop_when=stop_when,
                                         progress=progress)
     return score_humaneval(problems, completions, format, timeout, workers, isolation)
-
-
-# ---------------------------------------------------------------- contamination
-def words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def shared_ngrams(problems: Sequence[dict], texts: Sequence[str], n: int = 13) -> list[tuple[str, str]]:
-    """(task_id, n-gram) for every run of n words of a problem's prompt that occurs in `texts`.
-
-    n = 13 is the contamination check of GPT-3 (Brown et al. 2020). Shorter runs are stock
-    phrases: the task suite shares "that takes an integer a and returns true if" (9 words) with
-    HumanEval/77 without having seen it.
-    """
-    seen = {tuple(w[i:i + n]) for text in texts for w in [words(text)] for i in range(len(w) - n + 1)}
-    found = []
-    for problem in problems:
-        w = words(problem["prompt"])
-        found += [(problem["task_id"], " ".join(w[i:i + n])) for i in range(len(w) - n + 1)
-                  if tuple(w[i:i + n]) in seen]
-    return found
