@@ -157,6 +157,10 @@ class RunConfig:
     eval_humaneval: bool = False  # also HumanEval, greedy pass@1 before and after (minilm/evaluation/humaneval.py)
     eval_humaneval_problems: int = 0  # the first N of its 164 problems; 0 = all
     eval_humaneval_max_new_tokens: int = 384
+    # > 1: also pass@1 estimated from this many samples per problem at temperature 0.2, top-p 0.95
+    # (besides greedy; minilm/stages/eval.py); 0 or 1: greedy only
+    eval_humaneval_samples: int = 0
+    eval_requests: bool = True  # also the 168 hand-written requests before and after (minilm/data/requests.py)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -164,6 +168,9 @@ class RunConfig:
         for name in ("ft_eval_tasks", "eval_humaneval_problems"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be a count (0 = all), got {getattr(self, name)}")
+        if self.eval_humaneval_samples < 0:
+            raise ConfigError(f"--eval_humaneval_samples must be a count (0 or 1 = greedy only), "
+                              f"got {self.eval_humaneval_samples}")
 
 
 PRESETS: dict[str, RunConfig] = {

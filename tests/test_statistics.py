@@ -89,7 +89,8 @@ binary_pairs = st.dictionaries(st.text("abcdefgh", min_size=1, max_size=3), st.t
 def test_a_paired_row_counts_flips_and_ignores_tasks_that_agree(pairs, agreeing):
     before, after = {t: x for t, (x, _) in pairs.items()}, {t: y for t, (_, y) in pairs.items()}
     row = paired_comparison(before, after)
-    assert row["gained"] == sum(x < y for x, y in pairs.values()) and row["lost"] == sum(x > y for x, y in pairs.values())
+    assert row["gained"] == sum(x < y for x, y in pairs.values())
+    assert row["lost"] == sum(x > y for x, y in pairs.values())
     assert row["p"] == mcnemar_exact_p(row["gained"], row["lost"]) and row["test"] == "McNemar exact"
     for when, table in (("before", before), ("after", after)):
         lo, hi = row[f"interval_{when}"]
@@ -107,7 +108,7 @@ def test_a_paired_row_counts_flips_and_ignores_tasks_that_agree(pairs, agreeing)
 def test_sampled_estimates_get_the_sign_test():
     before = {"a": 0.2, "b": 0.5, "c": 0.0, "d": 1.0, "e": 0.3, "f": 0.1}
     after = {"a": 0.4, "b": 0.6, "c": 0.1, "d": 1.0, "e": 0.9, "f": 0.2}
-    row = paired_comparison(before, after)
+    row = paired_comparison(before, after, sampled=True)
     assert (row["gained"], row["lost"], row["test"]) == (5, 0, "sign test") and "interval_before" not in row
     assert row["p"] == 2 / 32 and row["verdict"] == "no detectable change"  # 5 of 5 is not enough at 0.05
     assert row["mean_after"] == pytest.approx(sum(after.values()) / 6)
@@ -118,3 +119,5 @@ def test_pairs_are_matched_by_task_id():
     assert outcomes(records) == {"t1": 1.0, "t2": 0.3}  # explain records have no c: no pass/fail
     with pytest.raises(ValueError, match="same tasks"):
         paired_comparison({"t1": 1, "t2": 0}, {"t1": 1, "t3": 0})
+    with pytest.raises(ValueError, match="sampled=True"):
+        paired_comparison({"t1": 0.5}, {"t1": 1})

@@ -91,24 +91,26 @@ def outcomes(records: Sequence[dict]) -> dict[str, float]:
     return {r["task_id"]: r["c"] / r["n"] for r in records if "c" in r}
 
 
-def paired_comparison(before: Mapping[str, float], after: Mapping[str, float],
+def paired_comparison(before: Mapping[str, float], after: Mapping[str, float], sampled: bool = False,
                       confidence: float = CONFIDENCE, alpha: float = ALPHA) -> dict:
-    """The paired statistics of one row from per-task outcomes in [0, 1], matched by task id.
+    """The paired statistics of one row from per-task outcomes, matched by task id.
 
-    gained / lost: tasks whose outcome rose / fell (fail -> pass / pass -> fail when 0 or 1).
-    Binary outcomes get Wilson intervals and McNemar's exact test; others the sign test."""
+    Greedy (sampled False): outcomes 0 or 1, Wilson intervals and McNemar's exact test; gained /
+    lost are the tasks that went fail -> pass / pass -> fail. Sampled: pass@1 estimates in [0, 1]
+    and the sign test; gained / lost are the tasks whose estimate rose / fell."""
     if before.keys() != after.keys():
         missing = sorted(before.keys() ^ after.keys())
         raise ValueError(f"before and after must score the same tasks; {len(missing)} differ, e.g. {missing[:3]}")
+    if not sampled and any(x not in (0, 1) for table in (before, after) for x in table.values()):
+        raise ValueError("greedy outcomes are 0 or 1; pass sampled=True for pass@1 estimates")
     tasks = list(before)
-    binary = all(x in (0, 1) for table in (before, after) for x in table.values())
     gained = sum(after[t] > before[t] for t in tasks)
     lost = sum(after[t] < before[t] for t in tasks)
     p = mcnemar_exact_p(gained, lost)
     row = {"tasks": len(tasks), "mean_before": _mean(before.values()), "mean_after": _mean(after.values()),
-           "gained": gained, "lost": lost, "p": p, "test": "McNemar exact" if binary else "sign test",
+           "gained": gained, "lost": lost, "p": p, "test": "sign test" if sampled else "McNemar exact",
            "verdict": verdict(p, gained, lost, alpha)}
-    if binary:
+    if not sampled:
         for when, table in (("before", before), ("after", after)):
             row[f"interval_{when}"] = list(wilson_interval(int(sum(table.values())), len(tasks), confidence))
     return row
