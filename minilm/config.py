@@ -46,6 +46,7 @@ RANGES = {
     "ft_eval_tasks": (0, 10**7), "lora_r": (1, 1 << 16), "top_k_layers": (1, 1024), "patience": (1, 10**6),
     "eval_max_new_tokens": (1, 1 << 17), "eval_tasks_per_split": (1, 10**6), "eval_batch_size": (1, 1 << 16),
     "eval_humaneval_problems": (0, 164), "eval_humaneval_max_new_tokens": (1, 1 << 17),
+    "eval_humaneval_samples": (0, 1000),
 }
 POSITIVE = ("norm_eps", "lr", "ft_lr", "lora_alpha", "loraplus_ratio")  # > 0 and finite
 FRACTIONS = ("dropout", "lora_dropout", "beta1", "beta2")  # in [0, 1)
@@ -192,6 +193,12 @@ class RunConfig:
     eval_humaneval: bool = False  # also HumanEval, greedy pass@1 before and after (minilm/evaluation/humaneval.py)
     eval_humaneval_problems: int = 0  # the first N of its 164 problems; 0 = all
     eval_humaneval_max_new_tokens: int = 384
+    # > 1: also pass@1 estimated from this many samples per problem at temperature 0.2, top-p 0.95
+    # (besides greedy; minilm/stages/eval.py); 0 or 1: greedy only
+    eval_humaneval_samples: int = 0
+    # also the hand-written requests before and after (minilm/data/requests.py): the first
+    # eval_tasks_per_split of them, as for each held-out split of the suite
+    eval_requests: bool = True
 
     def __post_init__(self):
         check_values(self)

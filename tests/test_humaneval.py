@@ -1,5 +1,6 @@
-"""HumanEval through our sandbox: the reference solutions pass, stubs and early exits fail, the
-code is extracted as documented, and no HumanEval prompt leaks into the task suite."""
+"""HumanEval through our sandbox: the reference solutions pass, stubs and early exits fail, and the
+code is extracted as documented. (That no HumanEval text leaks into the task suite:
+tests/test_contamination.py.)"""
 import importlib.util
 import json
 import time
@@ -9,7 +10,7 @@ import torch
 
 from conftest import ScriptedModel
 from minilm.checkpoint import save_weights, trainable_state
-from minilm.config import PRESETS, ModelConfig
+from minilm.config import ModelConfig
 from minilm.data import sft
 from minilm.evaluation import humaneval as he
 from minilm.evaluation.cli import main
@@ -219,30 +220,3 @@ def test_the_command_line_writes_the_humaneval_report(model, tok, tmp_path, caps
     assert main(["--run", str(run), "--benchmark", "humaneval", "--format", "chat", "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert "<|im_start|>" in error and len(error.strip().splitlines()) == 1
-
-
-# ---------------------------------------------------------------- contamination
-def training_texts(suite) -> list[str]:
-    return [record.get(field, "") for split in ("train", "valid") for record in suite[split]
-            for field in ("text", "code", "buggy_code")]
-
-
-@pytest.fixture(scope="module")
-def training_suites():
-    """The train and valid splits every preset trains on. A split is one random stream, so a
-    smaller task_train_size is a prefix of a larger one: the largest per seed covers them all."""
-    from minilm.data.tasks import generate_suite
-    largest = {}
-    for cfg in PRESETS.values():
-        largest[cfg.task_seed] = max(largest.get(cfg.task_seed, 0), cfg.task_train_size)
-    return [generate_suite(seed=seed, n_train=n, check=False) for seed, n in largest.items()]
-
-
-def test_no_humaneval_prompt_text_is_in_the_training_splits(problems, training_suites):
-    for suite in training_suites:
-        texts = training_texts(suite)
-        assert he.shared_ngrams(problems, texts, n=13) == []
-        # the check can fail: one planted docstring sentence is found
-        planted = texts + ["Check if in given list of numbers, are any two numbers closer to "
-                           "each other than given threshold."]
-        assert {task for task, _ in he.shared_ngrams(problems, planted, n=13)} == {"HumanEval/0"}

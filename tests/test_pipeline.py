@@ -13,6 +13,7 @@ from minilm.model import lora
 from minilm.config import PRESETS, RunConfig
 from minilm.data.sft import SPECIAL_TOKENS, build_examples
 from minilm.evaluation.metrics import pass_at_k
+from minilm.evaluation.statistics import paired_comparison
 from minilm.model.gpt import GPT
 from minilm.stages import eval as eval_stage
 from minilm.stages import report as report_stage
@@ -58,6 +59,27 @@ def test_a_stage_key_follows_the_task_suite_where_the_stage_reads_it(tmp_path, m
     for (fraction, stage), key in keys.items():
         reads_suite = stage in ("finetune", "eval") or (stage == "pretrain" and fraction > 0)
         assert (reuse_stage.stage_key(mix if fraction else no_mix, stage) != key) == reads_suite, stage
+
+
+def test_an_eval_part_key_leaves_out_only_what_other_parts_read(tmp_path, monkeypatch):
+    """Turning on the requests or HumanEval's samples for a finished run evaluates just that part."""
+    def part_keys(cfg):
+        return {part: reuse_stage.eval_part_key(cfg, "finetune", part) for part in reuse_stage.EVAL_PART_IGNORES}
+
+    def changed(cfg):
+        return sorted(part for part, key in part_keys(cfg).items() if key != base[part])
+    cfg = tiny(tmp_path)
+    base = part_keys(cfg)
+    assert {name for names in reuse_stage.EVAL_PART_IGNORES.values() for name in names} <= set(
+        reuse_stage.STAGE_FIELDS["eval"])
+    assert changed(tiny(tmp_path, eval_requests=False)) == []  # which parts run, not what one finds
+    assert changed(tiny(tmp_path, eval_humaneval_samples=10)) == ["humaneval_sampled"]
+    assert changed(tiny(tmp_path, eval_teacher_forcing=False)) == ["requests", "tasks"]
+    assert changed(tiny(tmp_path, eval_max_new_tokens=64)) == sorted(base)  # no part leaves it out
+    stage_key = reuse_stage.stage_key(cfg, "eval")
+    assert reuse_stage.stage_key(tiny(tmp_path, eval_requests=False), "eval") != stage_key
+    monkeypatch.setattr("minilm.stages.reuse.requests_fingerprint", lambda: "an edited requests file")
+    assert changed(cfg) == ["requests"] and reuse_stage.stage_key(cfg, "eval") != stage_key
 
 
 def test_a_stage_key_follows_the_files_it_builds_on(tmp_path):
@@ -117,10 +139,10 @@ def test_train_py_bad_input_is_one_line_and_exit_2(argv, message):
 
 def fake_records(split, kind, outcomes):
     if kind == "explain":
-        return [{"split": split, "kind": kind, "family": "f", "precision": x, "recall": x, "f1": x,
-                 "tf_tokens": 0} for x in outcomes]
-    return [{"split": split, "kind": kind, "family": "f", "n": 1, "c": int(x), "statuses": ["passed" if x else
-             "failed"], "tf_tokens": 0} for x in outcomes]
+        return [{"task_id": f"{split}/{kind}/{i}", "split": split, "kind": kind, "family": "f", "precision": x,
+                 "recall": x, "f1": x, "tf_tokens": 0} for i, x in enumerate(outcomes)]
+    return [{"task_id": f"{split}/{kind}/{i}", "split": split, "kind": kind, "family": "f", "n": 1, "c": int(x),
+             "statuses": ["passed" if x else "failed"], "tf_tokens": 0} for i, x in enumerate(outcomes)]
 
 
 def test_report_table_recomputes_from_the_per_task_records():
@@ -128,17 +150,37 @@ def test_report_table_recomputes_from_the_per_task_records():
     after = (fake_records("test_seen", "generate", [1, 1, 1]) + fake_records("test_seen", "repair", [0])
              + fake_records("test_seen", "explain", [0.5, 1.0]))
     before += fake_records("test_seen", "explain", [0.0, 0.0])
-    table = eval_stage.split_kind_table(eval_stage._by_split_and_kind(before), eval_stage._by_split_and_kind(after), [])
+    table = eval_stage.split_kind_table(before, after)
     seen = table["test_seen"]
-    assert seen["all"] == {"tasks": 4, "pass@1_before": 0.25, "pass@1_after": 0.75}
+    assert {k: seen["all"][k] for k in ("tasks", "pass@1_before", "pass@1_after")} == {
+        "tasks": 4, "pass@1_before": 0.25, "pass@1_after": 0.75}
+    assert seen["all"]["paired"] == paired_comparison({"a": 0, "b": 0, "c": 1, "d": 0},
+                                                      {"a": 1, "b": 1, "c": 1, "d": 0})
+    assert (seen["all"]["paired"]["gained"], seen["all"]["paired"]["lost"]) == (2, 0)
     assert seen["generate"]["pass@1_after"] == sum(pass_at_k(1, 1, 1) for _ in range(3)) / 3
-    assert seen["repair"] == {"tasks": 1, "pass@1_before": 0.0, "pass@1_after": 0.0}
-    assert seen["explain"] == {"tasks": 2, "explain_f1_before": 0.0, "explain_f1_after": 0.75}
+    assert seen["repair"]["paired"]["verdict"] == "no detectable change"
+    assert seen["explain"] == {"tasks": 2, "explain_f1_before": 0.0, "explain_f1_after": 0.75}  # F1: no pairs to flip
     assert table["test_phrasing"] == {} and table["test_compose"] == {}
+    flipped = paired_comparison({f"r{i}": 0 for i in range(8)}, {f"r{i}": 1 for i in range(8)})
+    sampled = paired_comparison({"h1": 0.2, "h2": 0.5}, {"h1": 0.1, "h2": 0.5}, sampled=True)
     markdown = report_stage.report_markdown({
         "run_dir": "r", "device": "cpu", "model_config": {"n_layer": 2}, "pretrain_val_bits_per_byte": 1.5,
-        "stage_seconds": {"pretrain": 10.0, "eval": 2.0}, "results": table})
-    assert "| test_seen | generate + repair (pass@1) | 4 | 25.0% | 75.0% |" in markdown
+        "stage_seconds": {"pretrain": 10.0, "eval": 2.0}, "results": table,
+        "requests": {"tasks": 8, "pass@1_before": 0.0, "pass@1_after": 1.0, "paired": flipped},
+        "humaneval": {"problems": 2, "format": "chat", "pass@1_before": 0.5, "pass@1_after": 0.5, "paired":
+                      paired_comparison({"h1": 0, "h2": 1}, {"h1": 0, "h2": 1}),
+                      "sampled": {"samples": 10, "temperature": 0.2, "top_p": 0.95, "pass@1_before": 0.35,
+                                  "pass@1_after": 0.3, "paired": sampled}}})
+    lo, hi = seen["all"]["paired"]["interval_before"]
+    assert (f"| test_seen | generate + repair (pass@1) | 4 | 25.0% [{100 * lo:.1f}, {100 * hi:.1f}] | 75.0% ["
+            in markdown)
+    assert "| +2 / -0 | 0.500 | no detectable change |" in markdown
+    assert "| test_seen | explain (explain F1) | 2 | 0.0% | 75.0% | - | - | - |" in markdown
+    assert "| requests | generate, greedy (pass@1) | 8 | 0.0% [0.0, " in markdown
+    assert "| +8 / -0 | 0.008 | better |" in markdown
+    assert "| HumanEval | chat prompt, greedy (pass@1) | 2 | 50.0% [" in markdown
+    assert ("| HumanEval | chat prompt, pass@1 of 10 samples at T 0.2, top-p 0.95 | 2 | 35.0% | 30.0% | +0 / -1 "
+            "| 1.000 | no detectable change |") in markdown
     assert "total 12 s" in markdown and "1.500 bits per byte" in markdown and "model: n_layer=2" in markdown
     json.dumps(table)  # report.json must be plain JSON
 

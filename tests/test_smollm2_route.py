@@ -19,6 +19,7 @@ import torch
 from minilm.checkpoint import load_run
 from minilm.config import PRESETS, ConfigError, ModelConfig
 from minilm.data import sft
+from minilm.evaluation.statistics import VERDICTS
 from minilm.formats.gguf import load_gguf, save_gguf
 from minilm.model.gpt import GPT
 from minilm.pretrained import check_model_config, describe, resolve_init
@@ -74,7 +75,8 @@ def run_options(gguf_path, out_dir) -> list[str]:
             "--task_train_size", "200", "--ft_max_iters", "2", "--ft_batch_size", "2", "--ft_eval_interval", "2",
             "--ft_eval_tasks", "4", "--lora_r", "4", "--peak_flops", "1e12",  # (no matmul timed for MFU)
             "--eval_tasks_per_split", "1", "--eval_max_new_tokens", "8", "--eval_batch_size", "2",
-            "--eval_teacher_forcing", "false", "--eval_humaneval", "true", "--eval_humaneval_problems", "2", "--eval_humaneval_max_new_tokens", "8"]
+            "--eval_teacher_forcing", "false", "--eval_humaneval", "true", "--eval_humaneval_problems", "2", "--eval_humaneval_max_new_tokens", "8",
+            "--eval_humaneval_samples", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -132,20 +134,33 @@ def test_the_report_names_the_base_and_has_humaneval_before_and_after(finished_r
     assert (humaneval["problems"], humaneval["format"]) == (2, "chat")
     assert all(0.0 <= humaneval[f"pass@1_{when}"] <= 1.0 for when in ("before", "after"))
     assert set(report["stage_seconds"]) == {"tokenizer", "pretrain", "finetune", "eval"}
+    assert humaneval["paired"]["tasks"] == 2 and humaneval["paired"]["verdict"] in VERDICTS
+    assert humaneval["sampled"]["samples"] == 2 and humaneval["sampled"]["paired"]["test"] == "sign test"
+    requests = report["requests"]
+    # the first eval_tasks_per_split requests, as for each split: one stands for the 168
+    assert requests["tasks"] == requests["paired"]["tasks"] == 1 and requests["paired"]["test"] == "McNemar exact"
     for stage in ("pretrain", "finetune"):
         records = json.loads((out / "eval" / f"humaneval_{stage}.json").read_text())["records"]
         assert [r["task_id"] for r in records] == ["HumanEval/0", "HumanEval/1"]
+        sampled = json.loads((out / "eval" / f"humaneval_sampled_{stage}.json").read_text())["records"]
+        assert [r["n"] for r in sampled] == [2, 2]  # samples (or prompt_too_long twice)
+        records = json.loads((out / "eval" / f"requests_{stage}.json").read_text())["records"]
+        assert [r["task_id"] for r in records] == ["requests/000"]
+        assert {r["split"] for r in records} == {"requests"}
         task_records = json.loads((out / "eval" / f"{stage}.json").read_text())["records"]
         assert not any("tf_tokens" in r for r in task_records)  # --eval_teacher_forcing false: no forward pass
     markdown = (out / "report.md").read_text()
     assert "- pretrained: tiny, F32 GGUF, dequantised to fp32" in markdown
     assert "| HumanEval | chat prompt, greedy (pass@1) | 2 |" in markdown
+    assert "| HumanEval | chat prompt, pass@1 of 2 samples at T 0.2, top-p 0.95 | 2 |" in markdown
+    assert "| requests | generate, greedy (pass@1) | 1 |" in markdown
 
 
 def test_the_evaluation_logs_its_progress(finished_run):
     _, _, log = finished_run
     for stage in ("pretrain", "finetune"):  # 1 task per split
         assert f"eval: {stage}: 3/3 answers generated in" in log
+        assert f"eval: {stage} requests: 1/1 answers generated in" in log
 
 
 def test_a_second_run_with_nothing_changed_reuses_every_stage(finished_run):
@@ -175,10 +190,12 @@ def test_a_new_fine_tuning_reevaluates_only_the_fine_tuned_model(finished_run, t
 
     log = train_log(argv)
     assert "finetune done: 3 steps" in log
-    for part in ("pretrain.json", "humaneval_pretrain.json"):
+    for name in ("pretrain", "requests_pretrain", "humaneval_pretrain", "humaneval_sampled_pretrain"):
+        part = name + ".json"
         assert f"reusing eval/{part}" in log
         assert (tmp_path / "run" / "eval" / part).read_bytes() == (out / "eval" / part).read_bytes()
     assert "reusing eval/finetune.json" not in log and "reusing eval/humaneval_finetune.json" not in log
+    assert "reusing eval/requests_finetune.json" not in log
     assert "reusing eval/" not in train_log(argv + ["--stage", "eval", "--force"])
 
 

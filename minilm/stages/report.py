@@ -11,10 +11,27 @@ from minilm.plot import plot_run
 from minilm.stages.reuse import REPORT_NAME, read_stages
 
 
-def report_markdown(report: dict) -> str:
-    def pct(value):
-        return "-" if value is None else f"{100 * value:.1f}%"
+def pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
+
+def p_value(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def before_after_cells(before, after, paired=None) -> list[str]:
+    """before [95% CI], after [95% CI], flips, p, verdict: the cells of one before/after row."""
+    if paired is None:
+        return [pct(before), pct(after), "-", "-", "-"]
+
+    def with_interval(value, when):
+        interval = paired.get(f"interval_{when}")
+        return pct(value) + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
+    return [with_interval(before, "before"), with_interval(after, "after"),
+            f"+{paired['gained']} / -{paired['lost']}", p_value(paired["p"]), paired["verdict"]]
+
+
+def report_markdown(report: dict) -> str:
     if report.get("pretrained"):
         start = f"- pretrained: {report['pretrained']}"
     else:
@@ -25,18 +42,34 @@ def report_markdown(report: dict) -> str:
              start,
              "- wall time: " + ", ".join(f"{s} {t:.0f} s" for s, t in report["stage_seconds"].items())
              + f" (total {sum(report['stage_seconds'].values()):.0f} s)", "",
-             "| split | kind | tasks | before fine-tuning | after fine-tuning |", "|---|---|---|---|---|"]
+             "| split | kind | tasks | before fine-tuning [95% CI] | after fine-tuning [95% CI] | flips (+ / -) "
+             "| p | verdict |", "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for split, kinds in report["results"].items():
         for kind, row in kinds.items():
             metric = "explain_f1" if kind == "explain" else "pass@1"
             name = "explain F1" if kind == "explain" else "pass@1"
             label = "generate + repair" if kind == "all" else kind
-            lines.append(f"| {split} | {label} ({name}) | {row['tasks']} | {pct(row[metric + '_before'])} | "
-                         f"{pct(row[metric + '_after'])} |")
+            rows.append([split, f"{label} ({name})", row["tasks"], *before_after_cells(
+                row[metric + "_before"], row[metric + "_after"], row.get("paired"))])
+    if report.get("requests"):
+        row = report["requests"]
+        rows.append(["requests", "generate, greedy (pass@1)", row["tasks"],
+                     *before_after_cells(row["pass@1_before"], row["pass@1_after"], row["paired"])])
     if report.get("humaneval"):
         row = report["humaneval"]
-        lines.append(f"| HumanEval | {row['format']} prompt, greedy (pass@1) | {row['problems']} | "
-                     f"{pct(row['pass@1_before'])} | {pct(row['pass@1_after'])} |")
+        rows.append(["HumanEval", f"{row['format']} prompt, greedy (pass@1)", row["problems"],
+                     *before_after_cells(row["pass@1_before"], row["pass@1_after"], row.get("paired"))])
+        if row.get("sampled"):
+            sampled = row["sampled"]
+            rows.append(["HumanEval", f"{row['format']} prompt, pass@1 of {sampled['samples']} samples at "
+                         f"T {sampled['temperature']:g}, top-p {sampled['top_p']:g}", row["problems"],
+                         *before_after_cells(sampled["pass@1_before"], sampled["pass@1_after"], sampled["paired"])])
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    lines += ["", "95% CI: Wilson's interval. Flips: tasks that went fail -> pass (+) and pass -> fail (-), "
+              "matched by task_id. p: McNemar's exact test on the flips (for sampled pass@1, the sign test "
+              "on each problem's estimate: + rose, - fell). Verdict: better or worse at p < 0.05, else no "
+              "detectable change (minilm/evaluation/statistics.py)."]
     return "\n".join(lines) + "\n"
 
 

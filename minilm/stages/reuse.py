@@ -5,8 +5,8 @@ tokenizer for pretraining, the pretrained weights for fine-tuning, ...). When a 
 RUN_DIR/stages.json records its key and wall time; next time the stage is skipped if its key is
 unchanged, so changing a fine-tuning option redoes fine-tuning and evaluation but not
 pretraining. `--force` redoes a stage whatever its key. Within the eval stage each part (a model's
-tasks, its HumanEval) is saved with its own key as it finishes (eval_part_key): an interrupted
-evaluation resumes, and a new fine-tuning of the same base does not re-evaluate the base.
+tasks, its requests, its HumanEval) is saved with its own key as it finishes (eval_part_key): an
+interrupted evaluation resumes, and a new fine-tuning of the same base does not re-evaluate the base.
 
 With a pretrained base (`--init`) the tokenizer and pretrain stages import it; their keys are then
 the base's files and the model config, and the training fields they would otherwise read change
@@ -22,6 +22,7 @@ from typing import Optional
 
 from minilm import checkpoint as ckpt
 from minilm.config import ConfigError, RunConfig, to_dict
+from minilm.data.requests import requests_fingerprint
 from minilm.data.tasks import suite_fingerprint
 from minilm.pretrained import fingerprint, resolve_init
 
@@ -42,8 +43,8 @@ STAGE_FIELDS = {
                  "lora_dropout", "lora_targets", "lora_dora", "loraplus_ratio", "top_k_layers", "weight_decay",
                  "beta1", "beta2", "grad_clip", "patience"),
     "eval": ("task_seed", "eval_max_new_tokens", "eval_tasks_per_split", "eval_batch_size",
-             "eval_teacher_forcing", "eval_humaneval",
-             "eval_humaneval_problems", "eval_humaneval_max_new_tokens"),
+             "eval_teacher_forcing", "eval_humaneval", "eval_humaneval_problems", "eval_humaneval_max_new_tokens",
+             "eval_humaneval_samples", "eval_requests"),
 }
 
 # With a pretrained base (init set), the two stages that import it read only this much of the
@@ -97,22 +98,37 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
     # code (a new family, phrasing or weight) redoes it; pretraining reads it only through the mix.
     if stage in ("finetune", "eval") or (stage == "pretrain" and cfg.pretrain_task_mix > 0 and not cfg.init):
         inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size)
+    if stage == "eval" and cfg.eval_requests:  # the requests file is frozen, but a deliberate change counts
+        inputs["requests"] = requests_fingerprint()
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
-# The eval stage saves each part (a model's tasks, its HumanEval) as it finishes, keyed by what that
-# part reads: an interrupted evaluation resumes after its last finished part, and a new fine-tuning
-# of the same base reuses the base's "before" results (half an hour for SmolLM2 on 2 cores).
+# The eval stage saves each part (a model's tasks, its requests, its HumanEval) as it finishes, keyed
+# by what that part reads: an interrupted evaluation resumes after its last finished part, and a new
+# fine-tuning of the same base reuses the base's "before" results (half an hour for SmolLM2 on 2 cores).
 EVAL_PART_INPUTS = {"pretrain": (ckpt.TOKENIZER_FILE, "pretrain/" + ckpt.MODEL_FILE),
                     "finetune": STAGE_INPUTS["eval"]}
+# The eval fields a part's result does not depend on (each part's key has every other one), so that
+# turning on the requests or HumanEval's samples for a finished run evaluates just those parts.
+_HUMANEVAL_FIELDS = ("eval_humaneval", "eval_humaneval_problems", "eval_humaneval_max_new_tokens")
+EVAL_PART_IGNORES = {
+    "tasks": (*_HUMANEVAL_FIELDS, "eval_humaneval_samples", "eval_requests"),
+    "requests": ("eval_tasks_per_split", *_HUMANEVAL_FIELDS, "eval_humaneval_samples", "eval_requests"),
+    "humaneval": ("eval_tasks_per_split", "eval_teacher_forcing", "eval_humaneval_samples", "eval_requests"),
+    "humaneval_sampled": ("eval_tasks_per_split", "eval_teacher_forcing", "eval_requests"),
+}
 
 
 def eval_part_key(cfg: RunConfig, model_stage: str, part: str) -> str:
-    """Hash of what one part of the evaluation reads: the eval fields, the model's files, the suite."""
+    """Hash of what one part of the evaluation reads: its eval fields, the model's files, the suite
+    (and the requests file for the requests)."""
     config, run_dir = to_dict(cfg), Path(cfg.out_dir)
-    inputs = {"part": part, "config": {name: _field(config, name) for name in STAGE_FIELDS["eval"]},
+    fields = [name for name in STAGE_FIELDS["eval"] if name not in EVAL_PART_IGNORES[part]]
+    inputs = {"part": part, "config": {name: _field(config, name) for name in fields},
               "files": {name: ckpt.file_sha256(run_dir / name) for name in EVAL_PART_INPUTS[model_stage]
                         if (run_dir / name).is_file()},
               "suite": suite_fingerprint(cfg.task_seed, cfg.task_train_size)}
+    if part == "requests":
+        inputs["requests"] = requests_fingerprint()
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -1,0 +1,87 @@
+"""No training example shares 10 words in a row with what we evaluate on: the requests (text and
+reference code) and HumanEval (prompts and canonical solutions). And the check itself: its hashed
+index finds what a plain text search finds, and a planted sentence is found."""
+import time
+
+import pytest
+from hypothesis import given, strategies as st
+
+from minilm.config import PRESETS
+from minilm.data.requests import load_requests
+from minilm.data.tasks import generate_suite
+from minilm.evaluation import humaneval as he
+from minilm.evaluation.contamination import shared_ngrams, shared_ngrams_reference, words, word_ngrams
+
+N = 10  # words in a row (minilm/evaluation/contamination.py says why not fewer)
+
+
+def training_texts(suite: dict) -> list[str]:
+    """What fine-tuning shows the model: each train and valid task's text and code (and the buggy
+    code a repair task's prompt holds)."""
+    return [record[field] for split in ("train", "valid") for record in suite[split]
+            for field in ("text", "code", "buggy_code") if field in record]
+
+
+@pytest.fixture(scope="module")
+def training_suites() -> dict:
+    """{(task_seed, task_train_size): suite} for the largest train split of each seed the presets
+    use (24,000 tasks for small). A split is one random stream, so a smaller task_train_size is a
+    prefix of a larger one (test_a_smaller_train_split_is_a_prefix_of_a_larger_one)."""
+    largest = {}
+    for cfg in PRESETS.values():
+        largest[cfg.task_seed] = max(largest.get(cfg.task_seed, 0), cfg.task_train_size)
+    return {(seed, n): generate_suite(seed=seed, n_train=n, check=False) for seed, n in largest.items()}
+
+
+@pytest.fixture(scope="module")
+def evaluated() -> dict[str, str]:
+    """{name: text} of everything the eval stage scores that the task suite did not generate."""
+    documents = {}
+    for r in load_requests():
+        documents[f"{r['task_id']} text"], documents[f"{r['task_id']} code"] = r["text"], r["code"]
+    for p in he.load_problems():
+        documents[f"{p['task_id']} prompt"] = p["prompt"]
+        documents[f"{p['task_id']} canonical_solution"] = p["canonical_solution"]
+    return documents
+
+
+def test_a_smaller_train_split_is_a_prefix_of_a_larger_one(training_suites):
+    for (seed, n), suite in training_suites.items():
+        assert len(suite["train"]) == n
+        smaller = generate_suite(seed=seed, n_train=200, check=False)
+        assert smaller["train"] == suite["train"][:200] and smaller["valid"] == suite["valid"]
+
+
+def test_no_training_example_shares_ten_words_with_a_request_or_humaneval(training_suites, evaluated):
+    for (seed, n), suite in training_suites.items():
+        start = time.perf_counter()
+        found = shared_ngrams(evaluated, training_texts(suite), N)
+        print(f"\n{len(evaluated)} texts against {n} + {len(suite['valid'])} tasks (seed {seed}) "
+              f"in {time.perf_counter() - start:.2f} s")
+        assert found == []
+
+
+def test_a_planted_sentence_is_found(evaluated):
+    request = load_requests()[0]
+    ten_words = " ".join(words(request["text"])[3:3 + N])
+    humaneval_sentence = ("Check if in given list of numbers, are any two numbers closer to each other "
+                          "than given threshold.")
+    found = shared_ngrams(evaluated, ["def f(x):\n    return x\n", f"# {ten_words.upper()}!",
+                                      humaneval_sentence], N)
+    assert {name for name, _ in found} == {f"{request['task_id']} text", "HumanEval/0 prompt"}
+    assert (f"{request['task_id']} text", ten_words) in found
+
+
+vocabulary = st.sampled_from(["a", "b", "c", "Def", "x_1"])
+passages = st.lists(vocabulary, max_size=12).map(" ".join)
+
+
+@given(st.dictionaries(st.sampled_from(["p", "q", "r"]), passages), st.lists(passages, max_size=4),
+       st.integers(1, 4))
+def test_the_hashed_index_finds_what_a_text_search_finds(documents, texts, n):
+    assert shared_ngrams(documents, texts, n) == shared_ngrams_reference(documents, texts, n)
+
+
+def test_words_read_code_and_prose_alike():
+    assert words("for i in range(len(xs)):  # Each X") == ["for", "i", "in", "range", "len", "xs", "each", "x"]
+    assert list(word_ngrams("a b c", 2)) == [("a", "b"), ("b", "c")] and list(word_ngrams("a", 2)) == []
