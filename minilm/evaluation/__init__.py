@@ -2,7 +2,9 @@
 
     execution.py         the sandbox that runs generated code against tests
     isolation.py         how strongly it isolates: bwrap, unshare or limits, probed once
-    sandbox_programs.py  the small programs that run inside it
+    sandbox_process.py   one sandbox's processes and pipes, seen from the evaluator
+    sandbox_programs.py  the launcher and the namespace set-up that run in it
+    harness.py           the program in it that runs the candidate and its tests, and the verdict
     evaluate.py          tasks -> completions -> verdicts, and the teacher-forced loss
     humaneval.py         HumanEval's 164 problems, plain or chat prompts
     metrics.py           pass@k and the reports

@@ -6,8 +6,9 @@
     NAMESPACE_INIT  runs inside `unshare` (isolation "unshare"): makes the filesystem read-only
                     but for the working directory and private /tmp, /dev/shm and /run, a minimal
                     /dev, gives up its privileges, then starts the harness and waits as the PID
-                    namespace's init;
-    HARNESS         defines the candidate program, runs each test statement, writes verdict.json.
+                    namespace's init.
+
+The harness itself, which runs the candidate and its tests, is in minilm/evaluation/harness.py.
 """
 
 # The launcher runs as `python -I -S -c LAUNCHER CONFIG`. It applies the rlimits to itself, so
@@ -148,88 +149,4 @@ if pid == 0:
     os.execv(config["argv"][0], config["argv"])
 status = os.waitpid(pid, 0)[1]
 os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
-"""
-
-# The harness defines the candidate, then runs each test statement in its namespace.
-HARNESS = r"""
-import json, os, sys
-_open, _write, _close, _exit, _dumps = os.open, os.write, os.close, os._exit, json.dumps
-WORKDIR = os.getcwd()
-
-def verdict(status, detail=""):
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()  # os._exit below skips the interpreter's own flush
-        except BaseException:
-            pass
-    data = _dumps({"status": status, "detail": detail[:2000]}).encode()
-    fd = _open(os.path.join(WORKDIR, "verdict.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    _write(fd, data)
-    _close(fd)
-    _exit(0)  # no waiting for the candidate's threads or atexit handlers
-
-def describe(error):
-    try:
-        return f"{type(error).__name__}: {error}"[:1000]
-    except BaseException:
-        return type(error).__name__
-
-def install_guard(root):
-    realpath, getpid = os.path.realpath, os.getpid
-    WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    PATHS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,),
-             "os.chown": (0,), "os.truncate": (0,), "os.utime": (0,), "shutil.rmtree": (0,),
-             "os.rename": (0, 1), "os.symlink": (1,), "os.link": (1,)}
-    REFUSED = {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-               "subprocess.Popen", "socket.connect", "socket.bind", "socket.sendto", "ctypes.dlopen"}
-
-    def inside(path):
-        if isinstance(path, int):
-            return True  # an already open descriptor: checked when it was opened
-        try:
-            path = realpath(os.fsdecode(path))
-        except Exception:
-            return False
-        return path == root or path.startswith(root + os.sep) or path == "/dev/null"
-
-    def hook(event, args):
-        if event == "open":
-            path, mode, flags = args
-            writing = (flags or 0) & WRITE or any(c in (mode or "") for c in "wax+")
-            if writing and not inside(path):
-                raise PermissionError(f"sandbox: writing {path!r} outside the working directory")
-        elif event in PATHS:
-            if not all(inside(args[i]) for i in PATHS[event]):
-                raise PermissionError(f"sandbox: {event} outside the working directory")
-        elif event in ("os.kill", "os.killpg"):
-            if args[0] not in (getpid(), 0):
-                raise PermissionError(f"sandbox: {event} of another process")
-        elif event in REFUSED:
-            raise PermissionError(f"sandbox: {event} is not allowed")
-    sys.addaudithook(hook)
-
-with open("job.json") as f:
-    job = json.load(f)
-with open("candidate.py", encoding="utf-8", errors="replace") as f:
-    source = f.read()
-try:
-    program = compile(source, "candidate.py", "exec")
-except BaseException as error:  # SyntaxError, ValueError (NUL bytes), RecursionError (deep nesting)
-    verdict("syntax_error", describe(error))
-tests = [compile(text, f"test_{i}", "exec") for i, text in enumerate(job["tests"])]
-if job["guard"]:
-    install_guard(os.path.realpath(WORKDIR))
-namespace = {"__name__": "__candidate__"}
-try:
-    exec(program, namespace)
-except BaseException as error:
-    verdict("crashed", "while defining the program: " + describe(error))
-for text, test in zip(job["tests"], tests):
-    try:
-        exec(test, namespace)
-    except AssertionError as error:
-        verdict("failed", text + (f"  ({describe(error)})" if str(error) else ""))
-    except BaseException as error:
-        verdict("crashed", f"{text}: {describe(error)}")
-verdict("passed")
 """

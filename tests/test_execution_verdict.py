@@ -1,0 +1,76 @@
+"""The verdict: only a program whose tests ran to the end and held is "passed".
+
+A model trained on these verdicts learns whatever earns "passed"; each program below tries a
+cheap way to earn it without making the asserts hold (docs/sandbox.md, "The verdict"). Each runs
+at every level, with the audit hook on and off: the verdict's protection does not depend on it.
+"""
+import threading
+
+import pytest
+
+from minilm.evaluation.execution import run_program, run_programs
+from sandbox_helpers import ADD, ADD_TESTS, NAMESPACED
+
+pytestmark = pytest.mark.usefixtures("private_tempdir")
+
+WRONG_TESTS = ["assert add(1, 2) == 4"]  # no honest program passes this
+PASSED_JSON = b'{"status": "passed", "detail": ""}'
+FORGERIES = {
+    "calls the harness's verdict function":
+        "import sys\nsys.modules['__main__'].verdict('passed')\n",
+    "calls every function of the harness, with a verdict or with no tests":
+        "import sys\nfor value in list(vars(sys.modules['__main__']).values()):\n"
+        "    for args in (('passed',), ((),), ('passed', '')):\n"
+        "        try:\n            value(*args)\n        except BaseException:\n            pass\n",
+    "writes verdict.json and exits":
+        "import os\nwith open('verdict.json', 'w') as f:\n"
+        "    f.write('{\"status\": \"passed\", \"detail\": \"\"}')\nos._exit(0)\n",
+    "writes a passing verdict to every descriptor and exits":
+        f"import os\nfor fd in range(256):\n    try:\n        os.write(fd, {PASSED_JSON!r})\n"
+        "    except OSError:\n        pass\nos._exit(0)\n",
+    "calls the harness's callers with no tests, found through its frames":
+        "import sys\nframe = sys._getframe()\nwhile frame is not None:\n"
+        "    for value in list(frame.f_locals.values()) + list(frame.f_globals.values()):\n"
+        "        if callable(value) and getattr(value, '__module__', '') == '__main__':\n"
+        "            try:\n                value(())\n            except BaseException:\n                pass\n"
+        "    frame = frame.f_back\n",
+    "makes exec a no-op, so that the tests do nothing":
+        "import builtins\nbuiltins.exec = lambda *args, **kwargs: None\n",
+    "stops the harness's loop with StopIteration": "raise StopIteration\n",
+    "exits with sys.exit(0)": "import sys\nsys.exit(0)\n",
+    "raises SystemExit": "raise SystemExit\n",
+    "raises KeyboardInterrupt": "raise KeyboardInterrupt\n",
+    "closes every descriptor and exits": "import os\nos.closerange(0, 1024)\nos._exit(0)\n",
+    "kills itself": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+}
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_a_program_cannot_report_passed_without_passing(isolation, guard):
+    if not guard and isolation not in NAMESPACED:
+        pytest.skip("without the audit hook the limits level would let these programs signal "
+                    "the evaluator's processes")
+    names = list(FORGERIES)
+    jobs = [(ADD + FORGERIES[name], WRONG_TESTS) for name in names]
+    results = run_programs(jobs, timeout=5, isolation=isolation, guard=guard)
+    passed = [name for name, result in zip(names, results) if result.passed]
+    assert passed == [], [(name, r.status, r.detail) for name, r in zip(names, results)]
+    assert all(r.status in ("crashed", "failed") for r in results)
+
+
+def test_the_same_program_passes_when_its_tests_hold(isolation):
+    # the forgeries above fail because they cheat, not because the verdict fails everything
+    honest = [(ADD + "print('fine')\n", ADD_TESTS), ("import os\nx = os.getpid()\n", ["assert x > 0"])]
+    assert [r.status for r in run_programs(honest, timeout=5, isolation=isolation)] == ["passed"] * 2
+
+
+def test_a_fifo_named_like_a_verdict_file_does_not_hang(isolation):
+    # a reader that opens a FIFO blocks until someone opens it for writing: nobody ever does
+    results = []
+    source = "import os\nos.mkfifo('verdict.json')\nos._exit(0)\n"
+    runner = threading.Thread(target=lambda: results.append(
+        run_program(source, ["assert True"], timeout=5, isolation=isolation)), daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "run_program is still blocked after 30 s"
+    assert results[0].status == "crashed"
