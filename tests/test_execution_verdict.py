@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from minilm.evaluation.execution import run_program, run_programs
+from minilm.evaluation.execution import NO_TESTS, run_program, run_programs
 from sandbox_helpers import ADD, ADD_TESTS, NAMESPACED
 
 pytestmark = pytest.mark.usefixtures("private_tempdir")
@@ -74,3 +74,11 @@ def test_a_fifo_named_like_a_verdict_file_does_not_hang(isolation):
     runner.join(timeout=30)
     assert not runner.is_alive(), "run_program is still blocked after 30 s"
     assert results[0].status == "crashed"
+
+
+def test_a_program_without_tests_cannot_pass(isolation):
+    # a task with "test_list": [] once scored pass@1 = 1.000: every program passed it
+    jobs = [(ADD, []), (ADD, ["  ", ""]), ("def add(a, b):\n    return a +\n", []), (ADD, ADD_TESTS)]
+    results = run_programs(jobs, timeout=5, isolation=isolation)
+    assert [(r.status, r.detail) for r in results[:2]] == [("failed", NO_TESTS)] * 2
+    assert [r.status for r in results[2:]] == ["syntax_error", "passed"]

@@ -279,6 +279,9 @@ def test_user_tasks_in_mbpp_form_load(tmp_path):
     ('{"task_id": "t1", "text": "x", "code": "pass", "test_list": "assert 1"}', "list of strings"),
     ('{"task_id": "t1", "text": "x", "code": "pass", "test_list": [], "kind": "repair"}', "buggy_code"),
     ('{"task_id": "t1", "text": "x", "code": "pass", "test_list": [], "kind": "poem"}', "kind"),
+    ('{"task_id": "t1", "text": "x", "code": "pass", "test_list": []}', "test_list has no test"),
+    ('{"task_id": "t1", "text": "x", "code": "pass", "test_list": [" "], "kind": "repair", '
+     '"buggy_code": "pass"}', "test_list has no test"),
 ])
 def test_malformed_line_is_refused_naming_file_and_line_or_skipped(tmp_path, bad_line, message):
     good = {"task_id": "t0", "text": "t", "code": "def f():\n    return 1", "test_list": ["assert f() == 1"]}
@@ -293,7 +296,7 @@ def test_malformed_line_is_refused_naming_file_and_line_or_skipped(tmp_path, bad
 def test_save_refuses_an_invalid_record_before_writing(tmp_path):
     path = tmp_path / "out.jsonl"
     with pytest.raises(TaskFormatError, match="record 2"):
-        save_jsonl([{"task_id": 1, "text": "", "code": "", "test_list": []}, {"task_id": 2}], path)
+        save_jsonl([{"task_id": 1, "text": "", "code": "", "test_list": ["assert True"]}, {"task_id": 2}], path)
     assert not path.exists()
 
 

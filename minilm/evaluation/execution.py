@@ -46,11 +46,12 @@ from minilm.evaluation.isolation import (ISOLATIONS, available_isolations, isola
                                          resolve_isolation)
 from minilm.evaluation.sandbox_process import OUTPUT_LIMIT, SandboxProcess, remove_folder
 
-__all__ = ["ExecutionResult", "ISOLATIONS", "Limits", "OUTPUT_LIMIT", "STATUSES", "Stopped",
-           "available_isolations", "isolation_problem", "resolve_isolation", "run_program",
-           "run_programs"]
+__all__ = ["ExecutionResult", "ISOLATIONS", "Limits", "NO_TESTS", "OUTPUT_LIMIT", "STATUSES",
+           "Stopped", "available_isolations", "isolation_problem", "resolve_isolation",
+           "run_program", "run_programs"]
 
 STATUSES = ("passed", "failed", "timeout", "crashed", "syntax_error")
+NO_TESTS = "no tests to run: a program passes only by passing its tests"
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,8 @@ def _run(source: str, tests: Union[str, Sequence[str]], timeout: float, isolatio
         status, detail = _classify(not exited, verdict, sandbox.proc.returncode, timeout)
     finally:
         remove_folder(workdir)
+    if status == "passed" and not any(text.strip() for text in tests):
+        status, detail = "failed", NO_TESTS
     return ExecutionResult(status, detail, sandbox.output, sandbox.duration, isolation)
 
 
@@ -154,9 +157,10 @@ def run_program(source: str, tests: Union[str, Sequence[str]] = (), timeout: flo
                 isolation: str = "auto", limits: Limits = Limits(), guard: bool = True) -> ExecutionResult:
     """Run `source`, then each test statement (e.g. "assert add(1, 2) == 3"), in a sandbox.
 
-    timeout is wall-clock seconds for the whole process. guard=False leaves out the audit hook
-    that guards against accidents, leaving the OS-level isolation (the tests use it to show that
-    layer alone); the hooks that protect the verdict stay.
+    timeout is wall-clock seconds for the whole process. Without a test (none, or only blank ones)
+    a program cannot pass: what would be "passed" is "failed" (NO_TESTS). guard=False leaves out
+    the audit hook that guards against accidents, leaving the OS-level isolation (the tests use
+    it to show that layer alone); the hooks that protect the verdict stay.
     """
     return _run(source, tests, timeout, isolation, limits, guard, stop=None)
 

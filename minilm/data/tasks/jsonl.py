@@ -1,6 +1,7 @@
 """Tasks on disk: one JSON object per line, in an MBPP-like schema.
 
-Required: `task_id` (str or int), `text`, `code` (str), `test_list` (list of assert strings).
+Required: `task_id` (str or int), `text`, `code` (str), `test_list` (list of assert strings; a
+generate or repair task needs at least one that is not blank: without tests any program passes).
 Optional: `kind` ("generate" | "repair" | "explain", default generate), `entry_point`, `family`,
 `split`, `template`, `slots` (list of str), `parts`, `bug`; `buggy_code` is required for repair.
 Unknown fields are kept, so MBPP files and your own tasks load as they are.
@@ -15,6 +16,7 @@ import os
 import warnings
 
 KINDS = ("generate", "repair", "explain")
+TESTED_KINDS = ("generate", "repair")  # whose programs are run against test_list
 _STR_FIELDS = ("text", "code", "entry_point", "family", "split", "template", "buggy_code", "bug", "category")
 
 
@@ -42,6 +44,9 @@ def validate_record(record) -> None:
         raise TaskFormatError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "repair" and "buggy_code" not in record:
         raise TaskFormatError("a repair task needs a 'buggy_code' field")
+    if kind in TESTED_KINDS and not any(test.strip() for test in record["test_list"]):
+        raise TaskFormatError(f"test_list has no test: a {kind} task without tests would count any "
+                              "program as passing")
 
 
 def save_jsonl(records, path) -> None:
