@@ -54,9 +54,11 @@ def rlimits(limits, timeout: float) -> dict[str, int]:
 
 
 def _command(workdir: str, isolation: str, limits, timeout: float) -> list[str]:
+    # the folder in the harness's command line marks its processes, forked ones too (kill_marked)
     harness = [SANDBOX_PYTHON, "-I", "-B", os.path.join(workdir, "harness.py")]
     commands = {"bwrap": bwrap_command, "unshare": unshare_command, "limits": lambda _, argv: argv}
-    config = {"rlimits": rlimits(limits, timeout), "argv": commands[isolation](workdir, harness)}
+    config = {"rlimits": rlimits(limits, timeout), "argv": commands[isolation](workdir, harness),
+              "parent": os.getpid(), "workdir": workdir, "deadline": math.ceil(timeout) + 2}
     return [sys.executable, "-I", "-S", "-B", "-c", LAUNCHER, json.dumps(config)]
 
 
@@ -79,6 +81,37 @@ def _kill_group(pgid: int, wait: float = 0.0):
         if time.monotonic() > deadline:
             return
         time.sleep(0.002)
+
+
+def _marked(workdir: bytes) -> list[int]:
+    """Pids of the processes whose command line or environment (HOME, TMPDIR) names the folder."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            for name in ("cmdline", "environ"):
+                try:
+                    with open(f"/proc/{entry}/{name}", "rb") as f:
+                        if workdir in f.read():
+                            found.append(int(entry))
+                            break
+                except OSError:
+                    pass
+    return found
+
+
+def kill_marked(workdir: str, rounds: int = 20):
+    """SIGKILL what of the sandbox outlived its launcher: a program at the "limits" level can kill
+    the launcher, and a process that left the launcher's group (setsid) is then nobody's to kill."""
+    for _ in range(rounds):  # again, until a pass finds none: a process may fork while we look
+        pids = _marked(os.fsencode(workdir))
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.01)
 
 
 def remove_folder(workdir: str):
@@ -222,6 +255,8 @@ class SandboxProcess:
             _kill_group(self.proc.pid)  # backstop: whatever is left of the group
             self.proc.wait()  # reap the leader, then make sure its group is gone too
             _kill_group(self.proc.pid, wait=1.0)
+            if self.proc.returncode < 0:  # the launcher was killed: its clean-up never ran
+                kill_marked(self.workdir)
             self.reader.read(max_reads=256)  # what was written just before the end (16 MiB at most)
             self.proc.stdout.close()
             self.output = self.reader.text()

@@ -2,7 +2,8 @@
 `python -I -S -c`, so they import nothing from minilm and work inside any isolation).
 
     LAUNCHER        sets the rlimits, becomes a child subreaper, starts bwrap, unshare or the
-                    harness, and kills every descendant when it ends;
+                    harness, and kills every descendant when it ends, when the evaluator dies and
+                    at its own deadline;
     NAMESPACE_INIT  runs inside `unshare` (isolation "unshare"): makes the filesystem read-only
                     but for the working directory and private /tmp, /dev/shm and /run, a minimal
                     /dev, gives up its privileges, then starts the harness and waits as the PID
@@ -14,19 +15,21 @@ The harness itself, which runs the candidate and its tests, is in minilm/evaluat
 # The launcher runs as `python -I -S -c LAUNCHER CONFIG`. It applies the rlimits to itself, so
 # everything it starts inherits them (no preexec_fn, which is unsafe with threads), becomes a
 # "child subreaper" (orphaned descendants are re-parented to it, even ones that left the process
-# group), starts bwrap, unshare or the harness, and when that ends, or on SIGTERM from the evaluator, kills
-# and reaps every descendant before it exits. It also stands between the evaluator and untrusted
-# code: `os.kill(os.getppid(), 9)` hits the launcher. A child killed by signal N is reported as
-# exit code 128 + N, as bwrap reports it.
+# group), starts bwrap, unshare or the harness, and when that ends kills and reaps every
+# descendant before it exits. So it does on SIGTERM: the evaluator's stop at its deadline, or the
+# evaluator's death (PR_SET_PDEATHSIG; then it also removes the folder, which nobody else will),
+# and on SIGALRM, its own wall-clock limit should the evaluator hang. Its child dies with it
+# (PR_SET_PDEATHSIG, kept across exec). It also stands between the evaluator and untrusted code:
+# `os.kill(os.getppid(), 9)` hits the launcher. A child killed by signal N is reported as exit
+# code 128 + N, as bwrap reports it.
 LAUNCHER = r"""
 import ctypes, json, os, resource, signal, sys, time
 config = json.loads(sys.argv[1])
 for name, value in config["rlimits"].items():
     resource.setrlimit(getattr(resource, name), (value, value))
-try:
-    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-except Exception:
-    pass
+libc = ctypes.CDLL(None)
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 me = os.getpid()
 
 def children():
@@ -54,16 +57,39 @@ def kill_descendants():
         except ChildProcessError:
             return
 
+def remove_folder():
+    import shutil  # only an orphaned launcher needs it
+    def make_writable_and_retry(function, path, _):
+        os.chmod(os.path.dirname(path), 0o700)  # the program may have chmod 000 its folders
+        if os.path.isdir(path):
+            os.chmod(path, 0o700)
+        function(path)
+    shutil.rmtree(config["workdir"], onerror=make_writable_and_retry)
+
 def stop(signum, frame):
     kill_descendants()
+    if os.getppid() != config["parent"]:  # the evaluator is gone
+        try:
+            remove_folder()
+        except OSError:
+            pass
     os._exit(128 + signum)
 
 signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGALRM, stop)
+libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != config["parent"]:  # the evaluator died before the line above
+    stop(signal.SIGTERM, None)
+signal.alarm(config["deadline"])
 pid = os.fork()
 if pid == 0:
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != me:
+        os._exit(1)
     os.execv(config["argv"][0], config["argv"])
 status = os.waitpid(pid, 0)[1]
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGALRM, signal.SIG_IGN)
 kill_descendants()
 os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
 """
