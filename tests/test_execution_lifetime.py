@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from minilm.evaluation.execution import run_program
+from minilm.evaluation.sandbox_process import SandboxProcess
 from sandbox_helpers import ADD, ADD_TESTS, enter_marker_dir, processes_in, run_unaudited
 
 pytestmark = pytest.mark.usefixtures("private_tempdir")
@@ -113,3 +114,43 @@ def test_the_launcher_stops_the_program_at_its_own_deadline_if_the_evaluator_han
         evaluator.send_signal(signal.SIGCONT)
         evaluator.kill()
         evaluator.wait()
+        for pid in processes_in(str(root)):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_an_interrupted_run_programs_stops_and_removes_every_folder(tmp_path):
+    # Ctrl-C during an eval waited for every queued program, and a second one left
+    # minilm-exec-* folders behind
+    root = tmp_path / "evaluator"
+    root.mkdir()
+    evaluator = start_evaluator(root, "from minilm.evaluation.execution import run_programs\n"
+                                      f"run_programs([({SLEEPER!r}, ['assert True'])] * 6, "
+                                      "timeout=60, workers=2)\n")
+    try:
+        assert wait_until(lambda: len(harnesses_under(root)) == 2, 30), evaluator.stderr.read1().decode()
+        evaluator.send_signal(signal.SIGINT)
+        evaluator.wait(timeout=10)
+        assert "KeyboardInterrupt" in evaluator.stderr.read().decode()
+        assert processes_in(str(root)) == [] and list(root.iterdir()) == []
+    finally:
+        evaluator.kill()
+        evaluator.wait()
+        for pid in processes_in(str(root)):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_an_exception_while_a_program_runs_removes_its_folder(monkeypatch, private_tempdir):
+    # a run that an exception ends (Ctrl-C in the main thread) stops its sandbox and removes its
+    # folder: the fixture private_tempdir checks that no folder is left
+    wait, calls = SandboxProcess.wait, []
+
+    def interrupted(self, deadline, stop=None):
+        calls.append(deadline)
+        if len(calls) > 1:  # finish() waiting for the launcher to stop
+            return wait(self, deadline, stop)
+        assert wait_until(lambda: harnesses_under(private_tempdir), 30)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(SandboxProcess, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_program(SLEEPER, ["assert True"], timeout=60)
+    assert processes_in(str(private_tempdir)) == []
