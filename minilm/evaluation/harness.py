@@ -17,8 +17,9 @@ so the harness keeps what a verdict needs out of the program's cheap reach:
   defaults the integrity hook keeps from changing, so nothing the program replaces is called there.
 - The integrity hook, always on, refuses what reaches the keeper or our memory: the garbage
   collector's object lists, other threads' frames, tracing, new audit hooks (they would run inside
-  the keeper), ctypes and CPython's test modules, a process's memory file (/proc/<pid>/mem). The
-  harness is also non-dumpable: a process the program starts cannot read its memory either.
+  the keeper), changing the steps, ctypes and CPython's test modules (as if not installed), a
+  process's memory file (/proc/<pid>/mem). The harness is also non-dumpable: a process the
+  program starts cannot read its memory either.
 - Every other verdict is JSON on the same pipe, which anyone may write: with it a program can
   only fail itself.
 
@@ -84,7 +85,7 @@ def resolve(path, dir_fd=None):
     # of its folder plus its name; None when that cannot be told.
     if isinstance(path, int):
         return None
-    path = fspath(path)  # a path object's __fspath__ runs here and again in the real call
+    path = fspath(path)  # events carry str or bytes: the call converted a path object first
     path = decode(path, fsencoding, "surrogateescape") if isinstance(path, bytes) else "".join([path])
     if isinstance(dir_fd, int) and dir_fd >= 0 and not startswith(path, "/"):  # events give -1 for none
         path = f"/proc/self/fd/{dir_fd}/{path}"
@@ -117,23 +118,25 @@ def refuse(what):
     raise PermissionError(f"sandbox: {what}")
 
 
-def install_integrity():
+def install_integrity(steps):
     # always on, guard or not: what keeps the keeper and the harness's memory out of reach
     REFUSED = {"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
                "sys._current_exceptions", "sys.settrace", "sys.setprofile",
                "sys.monitoring.register_callback"}
-    FROZEN = {"__code__", "__defaults__", "__kwdefaults__"}  # a function's: run_tests' steps
+    FROZEN = {"__code__", "__defaults__", "__kwdefaults__"}
+    steps = {id(step) for step in steps}  # by identity: the program's objects' __eq__ is not asked
 
     def integrity(event, args):
         if event in REFUSED:
             refuse(f"{event} is not allowed")
         elif event == "sys.addaudithook":
             raise RuntimeError("sandbox: no audit hook may be added")  # Python drops it silently
-        elif event == "object.__setattr__" and args[1] in FROZEN:
-            refuse(f"setting a function's {args[1]} is not allowed")
+        elif event == "object.__setattr__" and args[1] in FROZEN and id(args[0]) in steps:
+            refuse(f"changing the harness's steps ({args[1]}) is not allowed")
         elif event == "import" and (partition(args[0], ".")[0] in ("ctypes", "_ctypes")
                                     or startswith(args[0], "_test")):
-            refuse(f"importing {args[0]} is not allowed")
+            # ImportError, as for a module that is not there: libraries that try ctypes go on
+            raise ImportError(f"sandbox: importing {args[0]} is not allowed")
         elif event == "open" and not (args[2] or 0) & os.O_PATH:  # resolve() opens with O_PATH
             real = resolve(args[0])
             if real is not None and rpartition(real, "/")[2] == "mem":
@@ -189,7 +192,8 @@ def describe(error):
 
 
 def make_step(text, code, namespace, progress, run=exec):
-    # one step of run_tests; the integrity hook keeps its code and defaults from changing
+    # one step of run_tests: nothing in it that the program can replace (the integrity hook
+    # keeps the function's code and defaults from changing)
     def step(text=text, code=code, namespace=namespace, progress=progress, run=run):
         progress.append(text)  # which step raised, for the verdict's detail only
         run(code, namespace)
@@ -238,7 +242,7 @@ def main():
     sys.addaudithook(keep_verdict(job.pop("secret").encode(), verdict_fd))
     if job["guard"]:
         install_guard(os.path.realpath(os.getcwd()))
-    install_integrity()  # last: it refuses every audit hook added after it
+    install_integrity(steps)  # last: it refuses every audit hook added after it
     try:
         run_tests(steps)
     except BaseException as error:
