@@ -11,6 +11,7 @@ nothing is left running or written behind. What a level guarantees decides what 
 - "limits" guarantees none of that: its audit hook refuses the direct calls (checked), and pure
   Python gets past the hook (checked too, so that the docs' warning stays true).
 """
+import json
 import os
 import signal
 import socket
@@ -199,6 +200,26 @@ def test_sys_exit_never_counts_as_passing(isolation):
 def test_closing_stdout_does_not_hide_the_verdict(isolation):
     source = "import os, sys\nsys.stdout.close()\nos.close(1)\nos.close(2)\n" + ADD
     assert run_program(source, ADD_TESTS, timeout=5, isolation=isolation).status == "passed"
+
+
+def test_the_process_is_clean_and_limited(isolation):
+    # docs/sandbox.md, "Layers": the folder, the environment, the descriptors, the rlimits
+    source = ("import json, os, resource, sys\n"
+              "limits = {name: resource.getrlimit(getattr(resource, name))[0] for name in\n"
+              "          ('RLIMIT_CPU', 'RLIMIT_AS', 'RLIMIT_FSIZE', 'RLIMIT_NOFILE', 'RLIMIT_CORE')}\n"
+              "print(json.dumps({'cwd': os.getcwd(), 'env': dict(os.environ), 'stdin': sys.stdin.read(),\n"
+              "                  'fds': sorted(map(int, os.listdir('/proc/self/fd'))), 'limits': limits}))\n")
+    result = run_program(source, ["assert True"], timeout=2.5, isolation=isolation)
+    seen = json.loads(result.output)
+    folder = seen["cwd"]
+    assert os.path.basename(folder).startswith("minilm-exec-") and not os.path.exists(folder)
+    assert seen["env"].pop("PWD", folder) == folder  # bwrap sets PWD
+    assert seen["env"] == {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": folder, "TMPDIR": folder,
+                           "LANG": "C.UTF-8"}
+    assert seen["stdin"] == ""  # the job was read; stdin is /dev/null
+    assert len(seen["fds"]) == 5  # stdin, stdout, stderr, the verdict pipe, listdir's own
+    assert seen["limits"] == {"RLIMIT_CPU": 4, "RLIMIT_AS": 1 << 30, "RLIMIT_FSIZE": 16 << 20,
+                              "RLIMIT_NOFILE": 256, "RLIMIT_CORE": 0}
 
 
 def test_printing_megabytes_is_capped(isolation):
