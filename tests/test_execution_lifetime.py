@@ -38,7 +38,8 @@ def harnesses_under(root: Path) -> list[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if argv[1:3] == [b"-I", b"-B"] and argv[3].startswith(bytes(root)) and argv[3].endswith(b"/harness.py"):
+        harness = argv[3] if argv[1:3] == [b"-I", b"-B"] else b""
+        if harness.startswith(bytes(root)) and harness.endswith(b"/harness.py"):
             found.append(int(entry))
     return found
 

@@ -33,7 +33,8 @@ FORGERIES = {
         "import sys\nframe = sys._getframe()\nwhile frame is not None:\n"
         "    for value in list(frame.f_locals.values()) + list(frame.f_globals.values()):\n"
         "        if callable(value) and getattr(value, '__module__', '') == '__main__':\n"
-        "            try:\n                value(())\n            except BaseException:\n                pass\n"
+        "            try:\n                value(())\n"
+        "            except BaseException:\n                pass\n"
         "    frame = frame.f_back\n",
     "makes exec a no-op, so that the tests do nothing":
         "import builtins\nbuiltins.exec = lambda *args, **kwargs: None\n",
