@@ -52,6 +52,8 @@ __all__ = ["ExecutionResult", "ISOLATIONS", "Limits", "NO_TESTS", "OUTPUT_LIMIT"
 
 STATUSES = ("passed", "failed", "timeout", "crashed", "syntax_error")
 NO_TESTS = "no tests to run: a program passes only by passing its tests"
+# RLIMIT_CPU's signal, and the launcher's own deadline (should the evaluator hang)
+TIME_LIMIT_SIGNALS = {signal.SIGXCPU: "CPU", signal.SIGALRM: "wall-clock"}
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,8 @@ def _classify(timed_out: bool, verdict: Optional[dict], returncode: int, timeout
         return "timeout", f"still running after the {timeout:g} s wall-clock limit"
     if returncode < 0 or returncode > 128:  # a signal: -N for the launcher, 128 + N below it
         number = -returncode if returncode < 0 else returncode - 128
-        if number in (signal.SIGXCPU, signal.SIGALRM):  # the CPU limit; the launcher's deadline
-            return "timeout", f"exceeded the {'CPU' if number == signal.SIGXCPU else 'wall-clock'} time limit"
+        if number in TIME_LIMIT_SIGNALS:
+            return "timeout", f"exceeded the {TIME_LIMIT_SIGNALS[number]} time limit"
         name = signal.Signals(number).name if number in signal.valid_signals() else str(number)
         return "crashed", f"killed by {name}"
     return "crashed", f"exited with code {returncode} before the tests finished"
