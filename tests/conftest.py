@@ -4,10 +4,13 @@ Profiles: "ci" (the default) keeps the suite fast and deterministic; "dev" explo
 Pick one with HYPOTHESIS_PROFILE=dev pytest.
 """
 import os
+import tempfile
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+from minilm.evaluation import isolation as isolation_levels
 
 settings.register_profile(
     "ci", max_examples=20, deadline=None, derandomize=True, print_blob=True,
@@ -53,3 +56,24 @@ class ScriptedModel(torch.nn.Module):
             self.consumed.append(len(new))
             rows.append(new + [stop_tokens[0]] * (max_new_tokens - len(new)))
         return torch.cat([idx, torch.tensor(rows)], dim=1)
+
+
+# ---------------------------------------------------------------- the sandbox tests' fixtures
+@pytest.fixture(params=isolation_levels.ISOLATIONS)
+def isolation(request):
+    """Each sandbox level in turn; one this machine lacks is skipped, with the reason."""
+    problem = isolation_levels.isolation_problem(request.param)
+    if problem:
+        pytest.skip(f"isolation {request.param!r} is not available here: {problem}")
+    return request.param
+
+
+@pytest.fixture
+def private_tempdir(tmp_path, monkeypatch):
+    """Each test's sandboxes live in their own directory, so we can check they are all removed
+    (a sandbox test module uses it on every test: pytestmark = usefixtures("private_tempdir"))."""
+    root = tmp_path / "sandboxes"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    yield root
+    assert list(root.iterdir()) == [], "a sandbox directory was left behind"

@@ -11,77 +11,23 @@ nothing is left running or written behind. What a level guarantees decides what 
 - "limits" guarantees none of that: its audit hook refuses the direct calls (checked), and pure
   Python gets past the hook (checked too, so that the docs' warning stays true).
 """
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 import warnings
 
 import pytest
 
-from minilm.evaluation import execution
+from minilm.evaluation import execution, isolation as isolation_levels
 from minilm.evaluation.execution import Limits, available_isolations, run_program, run_programs
+from sandbox_helpers import ADD, ADD_TESTS, NAMESPACED, enter_marker_dir, processes_in, run_unaudited
 
-NAMESPACED = {"bwrap", "unshare"}  # the levels whose guarantees the kernel enforces
-ADD = "def add(a, b):\n    return a + b\n"
-ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
-
-
-@pytest.fixture(params=execution.ISOLATIONS)
-def isolation(request):
-    problem = execution.isolation_problem(request.param)
-    if problem:
-        pytest.skip(f"isolation {request.param!r} is not available here: {problem}")
-    return request.param
-
-
-@pytest.fixture(autouse=True)
-def private_tempdir(tmp_path, monkeypatch):
-    """Each test's sandboxes live in their own directory, so we can check they are all removed."""
-    root = tmp_path / "sandboxes"
-    root.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(root))
-    yield root
-    assert list(root.iterdir()) == [], "a sandbox directory was left behind"
-
-
-def processes_in(marker: str) -> list[int]:
-    """Pids (host view) of processes whose working directory path contains marker."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if marker in os.readlink(f"/proc/{entry}/cwd"):
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
-def enter_marker_dir(marker: str) -> str:
-    """Candidate code that moves into a uniquely named directory, so its processes can be found."""
-    return f"import os, time\nos.mkdir({marker!r})\nos.chdir({marker!r})\n"
-
-
-def run_unaudited(code: str) -> str:
-    """Candidate code that runs `python -c code` through _posixsubprocess.fork_exec, a C entry
-    point that raises no audit event (the hook never sees it), and waits for it."""
-    return f"""import _posixsubprocess, os, sys
-argv = [sys.executable.encode(), b"-c", {code.encode()!r}]
-errpipe = os.pipe()
-args = [argv, argv[:1], True, (), None, None, -1, -1, -1, -1, -1, -1, *errpipe, True, False, -1,
-        None, None, None, -1, None, False]  # the call subprocess makes (3.11-3.13)
-try:
-    pid = _posixsubprocess.fork_exec(*args)
-except TypeError:  # a Python without the allow_vfork argument
-    pid = _posixsubprocess.fork_exec(*args[:-1])
-os.waitpid(pid, 0)
-"""
-
+pytestmark = pytest.mark.usefixtures("private_tempdir")
 
 # ---------------------------------------------------------------- honest programs
 TASKS = [  # (correct, incorrect, tests)
@@ -256,6 +202,26 @@ def test_closing_stdout_does_not_hide_the_verdict(isolation):
     assert run_program(source, ADD_TESTS, timeout=5, isolation=isolation).status == "passed"
 
 
+def test_the_process_is_clean_and_limited(isolation):
+    # docs/sandbox.md, "Layers": the folder, the environment, the descriptors, the rlimits
+    source = ("import json, os, resource, sys\n"
+              "limits = {name: resource.getrlimit(getattr(resource, name))[0] for name in\n"
+              "          ('RLIMIT_CPU', 'RLIMIT_AS', 'RLIMIT_FSIZE', 'RLIMIT_NOFILE', 'RLIMIT_CORE')}\n"
+              "print(json.dumps({'cwd': os.getcwd(), 'env': dict(os.environ), 'stdin': sys.stdin.read(),\n"
+              "                  'fds': sorted(map(int, os.listdir('/proc/self/fd'))), 'limits': limits}))\n")
+    result = run_program(source, ["assert True"], timeout=2.5, isolation=isolation)
+    seen = json.loads(result.output)
+    folder = seen["cwd"]
+    assert os.path.basename(folder).startswith("minilm-exec-") and not os.path.exists(folder)
+    assert seen["env"].pop("PWD", folder) == folder  # bwrap sets PWD
+    assert seen["env"] == {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": folder, "TMPDIR": folder,
+                           "LANG": "C.UTF-8"}
+    assert seen["stdin"] == ""  # the job was read; stdin is /dev/null
+    assert len(seen["fds"]) == 5  # stdin, stdout, stderr, the verdict pipe, listdir's own
+    assert seen["limits"] == {"RLIMIT_CPU": 4, "RLIMIT_AS": 1 << 30, "RLIMIT_FSIZE": 16 << 20,
+                              "RLIMIT_NOFILE": 256, "RLIMIT_CORE": 0}
+
+
 def test_printing_megabytes_is_capped(isolation):
     source = "import sys\nsys.stdout.write('x' * 20_000_000)\nsys.stdout.flush()\n" + ADD
     result = run_program(source, ADD_TESTS, timeout=10, isolation=isolation)
@@ -337,24 +303,24 @@ def test_bad_input_gets_a_clear_error():
 
 
 def test_each_missing_level_falls_back_to_the_next_loudly_once(monkeypatch):
-    monkeypatch.setattr(execution, "_bwrap_problem", lambda: "bwrap is not installed")
-    monkeypatch.setattr(execution, "_unshare_problem", lambda: None)
-    monkeypatch.setattr(execution, "_warned", False)
-    assert execution.available_isolations() == ["unshare", "limits"]
+    monkeypatch.setattr(isolation_levels, "_bwrap_problem", lambda: "bwrap is not installed")
+    monkeypatch.setattr(isolation_levels, "_unshare_problem", lambda: None)
+    monkeypatch.setattr(isolation_levels, "_warned", False)
+    assert isolation_levels.available_isolations() == ["unshare", "limits"]
     with pytest.warns(RuntimeWarning, match="bwrap is not installed. .*isolation 'unshare'.*"
                                             "apt-get install bubblewrap"):
-        assert execution.resolve_isolation("auto") == "unshare"
+        assert isolation_levels.resolve_isolation("auto") == "unshare"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert execution.resolve_isolation("auto") == "unshare"  # said once is enough
+        assert isolation_levels.resolve_isolation("auto") == "unshare"  # said once is enough
     with pytest.raises(RuntimeError, match="isolation='bwrap' requested but bwrap is not installed"):
-        execution.resolve_isolation("bwrap")
+        isolation_levels.resolve_isolation("bwrap")
 
-    monkeypatch.setattr(execution, "_unshare_problem", lambda: "unshare failed: no user namespaces")
-    monkeypatch.setattr(execution, "_warned", False)
-    assert execution.available_isolations() == ["limits"]
+    monkeypatch.setattr(isolation_levels, "_unshare_problem", lambda: "unshare failed: no user namespaces")
+    monkeypatch.setattr(isolation_levels, "_warned", False)
+    assert isolation_levels.available_isolations() == ["limits"]
     with pytest.warns(RuntimeWarning, match="no user namespaces. .*isolation 'limits'"):
         result = run_program(ADD, ADD_TESTS, timeout=5)
     assert result.passed and result.isolation == "limits"
     with pytest.raises(RuntimeError, match="no user namespaces"):
-        execution.resolve_isolation("unshare")
+        isolation_levels.resolve_isolation("unshare")

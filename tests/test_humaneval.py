@@ -88,8 +88,8 @@ def test_an_exit_before_the_tests_fails(problems, body):
 
 
 def test_a_forged_verdict_without_the_marker_fails(problems):
-    # The harness trusts the verdict file in its directory: a function that writes "passed" there
-    # and exits while check() runs fools the sandbox, and only the missing marker gives it away.
+    # A function that writes a "passed" verdict file and exits while check() runs: the harness
+    # once trusted such a file, and then only the missing marker gave it away.
     problem = problems[0]
     forge = ("    import json, os\n    with open('verdict.json', 'w') as f:\n"
              "        json.dump({'status': 'passed', 'detail': ''}, f)\n    os._exit(0)\n")
@@ -97,8 +97,24 @@ def test_a_forged_verdict_without_the_marker_fails(problems):
     sandbox_alone = run_program(program, he.closing_statements(problem, "unused")[:2], timeout=5)
     record = he.score_humaneval([problem], [[forge]], "plain")[0]
     assert record["c"] == 0 and record["passed"] == [False]
-    if sandbox_alone.status == "passed":  # today's harness: the marker is what catches it
-        assert record["statuses"] == ["no_marker"]
+    assert sandbox_alone.status == "crashed"  # the sandbox's verdict is no file any more
+    assert record["statuses"] == ["crashed"]
+
+
+def test_a_reply_that_prints_the_marker_and_forges_the_verdict_fails(problems):
+    # A chat reply that read the marker from the sandbox's job.json, printed it and forged the
+    # verdict file once passed: now no file the program can open holds the tests, nor its stdin.
+    steal = ("import json, os, re\n"
+             "for path in ('job.json', '/dev/stdin', '/proc/self/fd/0'):\n"
+             "    try:\n        text = open(path, errors='replace').read()\n"
+             "    except OSError:\n        continue\n"
+             "    for marker in re.findall(r'HUMANEVAL-DONE-[0-9a-f]+', text):\n"
+             "        print(marker, flush=True)\n"
+             "with open('verdict.json', 'w') as f:\n"
+             "    json.dump({'status': 'passed', 'detail': ''}, f)\n"
+             "os._exit(0)\n")
+    record = he.score_humaneval([problems[0]], [[fenced(steal)]], "chat")[0]
+    assert record["c"] == 0 and record["statuses"] == ["crashed"], record
 
 
 # ---------------------------------------------------------------- extraction

@@ -3,6 +3,7 @@ import ast
 import json
 import random
 import re
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -279,6 +280,9 @@ def test_user_tasks_in_mbpp_form_load(tmp_path):
     ('{"task_id": "t1", "text": "x", "code": "pass", "test_list": "assert 1"}', "list of strings"),
     ('{"task_id": "t1", "text": "x", "code": "pass", "test_list": [], "kind": "repair"}', "buggy_code"),
     ('{"task_id": "t1", "text": "x", "code": "pass", "test_list": [], "kind": "poem"}', "kind"),
+    ('{"task_id": "t1", "text": "x", "code": "pass", "test_list": []}', "test_list has no test"),
+    ('{"task_id": "t1", "text": "x", "code": "pass", "test_list": [" "], "kind": "repair", '
+     '"buggy_code": "pass"}', "test_list has no test"),
 ])
 def test_malformed_line_is_refused_naming_file_and_line_or_skipped(tmp_path, bad_line, message):
     good = {"task_id": "t0", "text": "t", "code": "def f():\n    return 1", "test_list": ["assert f() == 1"]}
@@ -290,10 +294,37 @@ def test_malformed_line_is_refused_naming_file_and_line_or_skipped(tmp_path, bad
         assert load_jsonl(path, on_error="skip") == [good, good]
 
 
+def test_a_line_over_the_size_limit_is_refused_naming_file_line_and_limit(tmp_path):
+    good = {"task_id": "t0", "text": "t", "code": "def f():\n    return 1", "test_list": ["assert f() == 1"]}
+    huge = {**good, "text": "x" * 3_000_000}  # valid JSON: only its size is wrong
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("\n".join(json.dumps(record) for record in (good, huge, good)) + "\n")
+    with pytest.raises(TaskFormatError, match=r"tasks\.jsonl:2: line longer than 1048576 bytes"):
+        load_jsonl(path)
+    with pytest.warns(UserWarning, match=r"tasks\.jsonl:2"):
+        assert load_jsonl(path, on_error="skip") == [good, good]
+    assert load_jsonl(path, max_line_bytes=4_000_000) == [good, huge, good]
+
+
+def test_a_huge_line_is_never_held_in_memory_whole(tmp_path):
+    # a 200 MB line once took 18 GB to parse; here 50 MB, read in pieces of at most 1 MiB + 64 KiB
+    path = tmp_path / "huge.jsonl"
+    with open(path, "w") as f:
+        f.write('{"task_id": "t0", "text": "' + "x" * 50_000_000 + '"}\n')
+    tracemalloc.start()
+    try:
+        with pytest.warns(UserWarning, match="longer than"):
+            assert load_jsonl(path, on_error="skip") == []
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak / 2**20:.0f} MiB at the peak"
+
+
 def test_save_refuses_an_invalid_record_before_writing(tmp_path):
     path = tmp_path / "out.jsonl"
     with pytest.raises(TaskFormatError, match="record 2"):
-        save_jsonl([{"task_id": 1, "text": "", "code": "", "test_list": []}, {"task_id": 2}], path)
+        save_jsonl([{"task_id": 1, "text": "", "code": "", "test_list": ["assert True"]}, {"task_id": 2}], path)
     assert not path.exists()
 
 

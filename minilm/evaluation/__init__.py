@@ -1,7 +1,10 @@
 """Judging a model by running the code it writes.
 
     execution.py         the sandbox that runs generated code against tests
-    sandbox_programs.py  the small programs that run inside it
+    isolation.py         how strongly it isolates: bwrap, unshare or limits, probed once
+    sandbox_process.py   one sandbox's processes and pipes, seen from the evaluator
+    sandbox_programs.py  the launcher and the namespace set-up that run in it
+    harness.py           the program in it that runs the candidate and its tests, and the verdict
     evaluate.py          tasks -> completions -> verdicts, and the teacher-forced loss
     humaneval.py         HumanEval's 164 problems, plain or chat prompts
     metrics.py           pass@k and the reports

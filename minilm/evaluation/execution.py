@@ -1,66 +1,59 @@
-"""Run generated code against its tests, without letting it hurt the machine that evaluates it.
+"""Run generated code against its tests, without letting it hurt the machine that evaluates it,
+and without letting it report "passed" unless its tests held.
 
 A candidate program is untrusted: a model can write an infinite loop, a fork, a 30 GB list or an
-`os.remove`. Each candidate runs like this, at the strongest isolation level the machine offers:
+`os.remove`, and a model trained on our verdicts learns whatever earns "passed". Each candidate
+runs like this, at the strongest isolation level the machine offers (isolation.py):
 
     evaluator --Popen--> launcher --exec--> bwrap (namespaces) ------------> python -I harness.py
                          (rlimits,   \\----> unshare (namespaces) -> init --> python -I harness.py
                           subreaper)  \\---> python -I harness.py               ("limits": neither)
 
-- a fresh temporary directory, removed afterwards, is the only place it may write;
+- a fresh temporary directory, removed afterwards (also when the run is interrupted, and by the
+  launcher when the evaluator dies), is the only place it may write;
 - resource limits (setrlimit): CPU seconds, address space, file size, open files, processes;
-- a launcher process that is a child subreaper: when the program ends or the wall-clock timeout
-  passes, it kills and reaps every descendant, even those that left the process group; the
-  evaluator then kills the launcher's process group as a backstop (no orphans, no zombies);
-- a minimal environment, stdin from /dev/null, no inherited file descriptors, output read
-  through a pipe and capped (printing megabytes costs nothing but the time);
-- "bwrap" (bubblewrap installed): a read-only view of the filesystem and /proc, a private /tmp
-  and /run, a minimal /dev, no capabilities (even when root starts it), no network, its own PID
-  namespace (nothing outside is visible or killable) and --die-with-parent;
-- "unshare" (no bubblewrap, but user namespaces allowed: util-linux's `unshare` and Linux 5.12+):
-  the same namespaces, and NAMESPACE_INIT (minilm/evaluation/sandbox_programs.py) makes the mounts: every
-  mount read-only, fresh tmpfs on /tmp, /dev/shm and /run, a /dev with null, zero, full, random,
-  urandom only, the directory writable; then it gives up every capability (a nested user
-  namespace that locks those mounts), starts the harness and waits as the PID namespace's init;
-- "limits" (neither works): the rlimits, the launcher, and a loud warning;
-- in all, an audit hook (PEP 578) in the harness refuses writes outside the directory, signals
-  to other processes, fork/exec/subprocess, sockets and ctypes: a guard against accidents, not a
-  security boundary (a C entry point that raises no audit event gets past it). docs/sandbox.md
-  says what each level and layer does and does not protect against.
+- a launcher that is a child subreaper: when the program ends, the wall-clock timeout passes or
+  the evaluator dies, it kills and reaps every descendant, even those that left the process
+  group; the evaluator then kills the launcher's process group as a backstop, and every process
+  that names the folder if the launcher itself was killed (sandbox_process.py);
+- a minimal environment, the job on stdin (then /dev/null), no other inherited descriptor but
+  the verdict pipe, output read through a pipe and capped (printing megabytes costs nothing);
+- "bwrap" and "unshare": namespaces (no network, no other process visible, a read-only
+  filesystem, no capabilities); "limits" (neither works): the rlimits, the launcher and a warning;
+- the harness (harness.py) runs the program and then each test in one namespace. Only it can
+  report "passed": with a secret the program cannot read, written to the verdict pipe only after
+  every test returned. Its audit hooks keep the secret out of reach and, with guard=True, refuse
+  writes outside the folder, signals to other processes, new processes and sockets: a guard
+  against accidents, not a security boundary.
 
-Any level but "bwrap" warns once, naming the level that runs and how to get the strongest one.
-The harness reports a verdict through a file in the directory; a program that dies, exits or
-closes its output before the tests finish has no verdict and is reported "crashed".
+docs/sandbox.md says what each level and layer does and does not protect against, and what a
+determined program can still do to the verdict.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
-import selectors
-import shutil
+import secrets
 import signal
-import subprocess
-import sys
 import tempfile
-import time
-import warnings
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
-from minilm.evaluation.sandbox_programs import HARNESS, LAUNCHER, NAMESPACE_INIT
+from minilm.evaluation.harness import HARNESS
+from minilm.evaluation.isolation import (ISOLATIONS, available_isolations, isolation_problem,
+                                         resolve_isolation)
+from minilm.evaluation.sandbox_process import OUTPUT_LIMIT, SandboxProcess, remove_folder
 
-# The interpreter inside a sandbox: the real file behind sys.executable. A virtual environment's
-# bin/python is a link into its folder, which a sandbox's private /tmp (or an unmounted home) may
-# hide (a venv under /tmp made bwrap fail with "execvp ...: No such file"); the programs run with
-# -I and import only the standard library, so the base interpreter is all they need.
-SANDBOX_PYTHON = os.path.realpath(sys.executable)
+__all__ = ["ExecutionResult", "ISOLATIONS", "Limits", "NO_TESTS", "OUTPUT_LIMIT", "STATUSES",
+           "Stopped", "available_isolations", "isolation_problem", "resolve_isolation",
+           "run_program", "run_programs"]
 
 STATUSES = ("passed", "failed", "timeout", "crashed", "syntax_error")
-ISOLATIONS = ("bwrap", "unshare", "limits")  # strongest first
-OUTPUT_LIMIT = 8192  # bytes of the program's stdout/stderr kept in the result
+NO_TESTS = "no tests to run: a program passes only by passing its tests"
+# RLIMIT_CPU's signal, and the launcher's own deadline (should the evaluator hang)
+TIME_LIMIT_SIGNALS = {signal.SIGXCPU: "CPU", signal.SIGALRM: "wall-clock"}
 
 
 @dataclass(frozen=True)
@@ -85,234 +78,22 @@ class ExecutionResult:
         return self.status == "passed"
 
 
-# ---------------------------------------------------------------- choosing the isolation
-UNSHARE = ["--user", "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts", "--cgroup",
-           "--fork", "--mount-proc", "--kill-child"]
-WHAT_RUNS = {  # what the warning says about a level weaker than bwrap
-    "unshare": "the namespaces of util-linux's unshare set up by minilm (no network, no other "
-               "process visible, read-only filesystem; Linux 5.12+)",
-    "limits": "process limits and an audit hook only: it can read the filesystem, and a program "
-              "that gets past the hook can use the network and signal other processes"}
+class Stopped(Exception):
+    """A run given up because run_programs is stopping (Ctrl-C, or another run's error)."""
 
 
-# Each level's command runs argv in workdir; _probe tries it once, on `python -c pass`.
-def _bwrap_command(workdir: str, argv: list[str]) -> list[str]:
-    private_run = ["--tmpfs", "/run"] if os.path.isdir("/run") else []  # host daemons' sockets
-    return [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--remount-ro", "/proc",  # bwrap 0.8 leaves /proc/sys writable, by root: core_pattern
-            "--tmpfs", "/tmp", *private_run, "--bind", workdir, workdir, "--unshare-all",
-            "--cap-drop", "ALL",  # run by root, bwrap would keep its capabilities: remount rw
-            "--die-with-parent", "--chdir", workdir, *argv]
-
-
-def _unshare_command(workdir: str, argv: list[str]) -> list[str]:
-    """unshare makes the namespaces; NAMESPACE_INIT mounts, drops privileges and runs argv."""
-    config = json.dumps({"workdir": workdir, "argv": argv})
-    return [shutil.which("unshare"), *UNSHARE, "--", SANDBOX_PYTHON, "-I", "-S", "-B", "-c",
-            NAMESPACE_INIT, config]
-
-
-def _probe(command_in: Callable[[str, list[str]], list[str]]) -> Optional[str]:
-    """Start a sandbox that runs `python -c pass` in a fresh folder: None when it exits 0, else
-    the last line of its stderr, or why it could not start."""
-    workdir = tempfile.mkdtemp(prefix="minilm-probe-")
+def _read_verdict(data: bytes, secret: bytes) -> Optional[dict]:
+    """The harness's verdict: the secret alone means "passed"; any other status comes as JSON,
+    which anyone holding the pipe could have written, so "passed" in JSON counts for nothing."""
+    if data.startswith(secret):
+        return {"status": "passed", "detail": ""}
     try:
-        done = subprocess.run(command_in(workdir, [SANDBOX_PYTHON, "-I", "-S", "-c", "pass"]),
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return str(error)
-    finally:
-        os.rmdir(workdir)
-    if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines() or [f"exit {done.returncode}"]
-        return lines[-1][:200]
+        verdict = json.loads(data)
+        if verdict["status"] in STATUSES and verdict["status"] != "passed":
+            return {"status": verdict["status"], "detail": str(verdict.get("detail", ""))}
+    except (ValueError, TypeError, KeyError):
+        pass
     return None
-
-
-def _start_problem(program: str, package: str, command) -> Optional[str]:
-    """None when `program` is installed and `command` starts a sandbox with it, else why not."""
-    if shutil.which(program) is None:
-        return f"{package} is not installed"
-    problem = _probe(command)
-    return problem and f"{program} failed to start: {problem}"
-
-
-@lru_cache(maxsize=None)
-def _bwrap_problem() -> Optional[str]:
-    """None when bubblewrap can start a sandbox here, else why it cannot (probed once)."""
-    return _start_problem("bwrap", "bwrap", _bwrap_command)
-
-
-@lru_cache(maxsize=None)
-def _unshare_problem() -> Optional[str]:
-    """None when unshare's namespaces and our mounts work here (user namespaces may be off)."""
-    return _start_problem("unshare", "unshare (util-linux)", _unshare_command)
-
-
-def isolation_problem(isolation: str) -> Optional[str]:
-    """None when this machine can run `isolation`, else why it cannot."""
-    problems = {"bwrap": _bwrap_problem, "unshare": _unshare_problem, "limits": lambda: None}
-    return problems[isolation]()
-
-
-def available_isolations() -> list[str]:
-    """The isolation levels this machine supports, strongest first ("limits" always works)."""
-    return [isolation for isolation in ISOLATIONS if isolation_problem(isolation) is None]
-
-
-_warned = False
-
-
-def resolve_isolation(isolation: str = "auto") -> str:
-    """"auto" picks the strongest level that works, and warns (once) when that is not bwrap."""
-    global _warned
-    if isolation not in ("auto",) + ISOLATIONS:
-        raise ValueError(f"unknown isolation {isolation!r}; use 'auto', " +
-                         ", ".join(repr(name) for name in ISOLATIONS))
-    if isolation != "auto":
-        problem = isolation_problem(isolation)
-        if problem:
-            raise RuntimeError(f"isolation={isolation!r} requested but {problem}")
-        return isolation
-    chosen = available_isolations()[0]
-    if chosen != "bwrap" and not _warned:
-        problems = "; ".join(isolation_problem(name) for name in ISOLATIONS[:ISOLATIONS.index(chosen)])
-        warnings.warn(f"SANDBOX WEAKENED: {problems}. Generated code runs with isolation "
-                      f"{chosen!r}: {WHAT_RUNS[chosen]}. For the strongest level: apt-get install "
-                      "bubblewrap (docs/sandbox.md)", RuntimeWarning, stacklevel=3)
-        _warned = True
-    return chosen
-
-
-# ---------------------------------------------------------------- the programs that run
-# LAUNCHER and HARNESS live in minilm/evaluation/sandbox_programs.py (source text run in the child).
-
-
-
-def _processes_of_this_user() -> int:
-    uid, count = os.getuid(), 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                count += os.stat(f"/proc/{entry}").st_uid == uid
-            except OSError:
-                pass
-    return count
-
-
-def _rlimits(limits: Limits, timeout: float) -> dict[str, int]:
-    cpu = math.ceil(timeout) + 1  # CPU seconds can only fall short of wall seconds per process
-    rlimits = {"RLIMIT_CPU": cpu, "RLIMIT_AS": limits.memory_mb << 20,
-               "RLIMIT_FSIZE": limits.file_size_mb << 20, "RLIMIT_NOFILE": limits.open_files,
-               "RLIMIT_CORE": 0}
-    if os.geteuid() != 0:  # RLIMIT_NPROC counts all of the user's processes and never binds root
-        rlimits["RLIMIT_NPROC"] = _processes_of_this_user() + limits.max_processes
-    return rlimits
-
-
-def _command(workdir: str, isolation: str, limits: Limits, timeout: float) -> list[str]:
-    harness = [SANDBOX_PYTHON, "-I", "-B", "harness.py"]
-    commands = {"bwrap": _bwrap_command, "unshare": _unshare_command, "limits": lambda _, argv: argv}
-    inner = commands[isolation](workdir, harness)
-    config = {"rlimits": _rlimits(limits, timeout), "argv": inner}
-    return [sys.executable, "-I", "-S", "-B", "-c", LAUNCHER, json.dumps(config)]
-
-
-def _environment(workdir: str) -> dict[str, str]:
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
-            "LANG": "C.UTF-8"}
-
-
-def _kill_group(pgid: int, wait: float = 0.0):
-    """SIGKILL every process in the group; with wait > 0, repeat until the group is empty.
-
-    Killed processes exit asynchronously; a group stays non-empty until the last one is reaped.
-    """
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            return
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.002)
-
-
-def _remove(workdir: str):
-    def make_writable_and_retry(function, path, _):
-        # a candidate may chmod 000 its own files; as a non-root user rmtree then needs this
-        os.chmod(os.path.dirname(path), 0o700)
-        if os.path.isdir(path):
-            os.chmod(path, 0o700)
-        function(path)
-    shutil.rmtree(workdir, onerror=make_writable_and_retry)
-
-
-class _OutputReader:
-    """Keeps the first OUTPUT_LIMIT bytes the program writes to its pipe and counts the rest."""
-
-    def __init__(self, pipe: int):
-        self.pipe, self.kept, self.total, self.open = pipe, bytearray(), 0, True
-        os.set_blocking(pipe, False)
-
-    def read(self, max_reads: int = 1) -> None:
-        for _ in range(max_reads):
-            try:
-                chunk = os.read(self.pipe, 1 << 16)
-            except BlockingIOError:
-                return
-            if not chunk:  # every writer closed its end
-                self.open = False
-                return
-            self.total += len(chunk)
-            self.kept += chunk[:max(0, OUTPUT_LIMIT - len(self.kept))]
-
-    def text(self) -> str:
-        text = self.kept.decode("utf-8", errors="replace")
-        if self.total > len(self.kept):
-            text += f"\n[... {self.total - len(self.kept)} more bytes of output dropped]"
-        return text
-
-
-def _wait(proc: subprocess.Popen, reader: _OutputReader, timeout: float) -> bool:
-    """Read output until the process exits (True) or the deadline passes (False).
-
-    The process is left unreaped, so its process group id cannot be reused before _kill_group.
-    """
-    deadline = time.monotonic() + timeout
-    selector = selectors.DefaultSelector()
-    selector.register(reader.pipe, selectors.EVENT_READ, "pipe")
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-        selector.register(pidfd, selectors.EVENT_READ, "exit")
-    except (AttributeError, OSError):  # pre-5.3 kernels: poll for the exit instead
-        pidfd = None
-    try:
-        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            wait = remaining if pidfd is not None else min(remaining, 0.01)
-            for key, _ in selector.select(wait):
-                if key.data == "pipe":
-                    reader.read()
-                    if not reader.open:
-                        selector.unregister(reader.pipe)
-        return True
-    finally:
-        selector.close()
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def _read_verdict(workdir: str) -> Optional[dict]:
-    try:
-        with open(os.path.join(workdir, "verdict.json"), "rb") as f:
-            verdict = json.loads(f.read(1 << 16))
-        return verdict if verdict.get("status") in STATUSES else None
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _classify(timed_out: bool, verdict: Optional[dict], returncode: int, timeout: float):
@@ -322,8 +103,8 @@ def _classify(timed_out: bool, verdict: Optional[dict], returncode: int, timeout
         return "timeout", f"still running after the {timeout:g} s wall-clock limit"
     if returncode < 0 or returncode > 128:  # a signal: -N for the launcher, 128 + N below it
         number = -returncode if returncode < 0 else returncode - 128
-        if number == signal.SIGXCPU:
-            return "timeout", "exceeded the CPU time limit"
+        if number in TIME_LIMIT_SIGNALS:
+            return "timeout", f"exceeded the {TIME_LIMIT_SIGNALS[number]} time limit"
         name = signal.Signals(number).name if number in signal.valid_signals() else str(number)
         return "crashed", f"killed by {name}"
     return "crashed", f"exited with code {returncode} before the tests finished"
@@ -341,53 +122,68 @@ def _check_tests(tests: Union[str, Sequence[str]]) -> list[str]:
     return tests
 
 
-def run_program(source: str, tests: Union[str, Sequence[str]] = (), timeout: float = 3.0, *,
-                isolation: str = "auto", limits: Limits = Limits(), guard: bool = True) -> ExecutionResult:
-    """Run `source`, then each test statement (e.g. "assert add(1, 2) == 3"), in a sandbox.
-
-    timeout is wall-clock seconds for the whole process. guard=False leaves out the in-process
-    audit hook, leaving only the OS-level isolation (the tests use it to show that layer alone).
-    """
+def _run(source: str, tests: Union[str, Sequence[str]], timeout: float, isolation: str,
+         limits: Limits, guard: bool, stop: Optional[threading.Event]) -> ExecutionResult:
+    """run_program, which gives up (Stopped) as soon as `stop` is set."""
     if not isinstance(source, str):
         raise TypeError(f"source is a {type(source).__name__}; give the program as a string")
     if not timeout > 0:
         raise ValueError(f"timeout must be positive seconds, got {timeout}")
     tests = _check_tests(tests)
     isolation = resolve_isolation(isolation)
+    secret = secrets.token_hex(16)  # a fresh one per run: a verdict cannot be replayed
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="minilm-exec-"))
     try:
-        for name, text in (("candidate.py", source), ("harness.py", HARNESS),
-                           ("job.json", json.dumps({"tests": tests, "guard": guard}))):
+        for name, text in (("candidate.py", source), ("harness.py", HARNESS)):
             with open(os.path.join(workdir, name), "w", encoding="utf-8", errors="surrogatepass") as f:
                 f.write(text)
-        start = time.monotonic()
-        proc = subprocess.Popen(_command(workdir, isolation, limits, timeout), cwd=workdir,
-                                env=_environment(workdir), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
-        reader = _OutputReader(proc.stdout.fileno())
+        sandbox = SandboxProcess(workdir, isolation, limits, timeout,
+                                 {"tests": tests, "guard": guard, "secret": secret})
+        exited = False
         try:
-            timed_out = not _wait(proc, reader, timeout)
-            duration = time.monotonic() - start
-            if timed_out:  # the launcher kills and reaps what runs below it
-                proc.send_signal(signal.SIGTERM)
-                _wait(proc, reader, 2.0)
+            exited = sandbox.wait(sandbox.started + timeout, stop)
         finally:
-            _kill_group(proc.pid)  # backstop: whatever is left of the group
-            proc.wait()  # reap the leader, then make sure its group is gone too
-            _kill_group(proc.pid, wait=1.0)
-            reader.read(max_reads=256)  # what was written just before the end (16 MiB at most)
-            proc.stdout.close()
-        status, detail = _classify(timed_out, _read_verdict(workdir), proc.returncode, timeout)
+            sandbox.finish(stopped=not exited)
+        if stop is not None and stop.is_set():
+            raise Stopped("run_programs is stopping")
+        verdict = _read_verdict(sandbox.verdict, secret.encode())
+        status, detail = _classify(not exited, verdict, sandbox.proc.returncode, timeout)
     finally:
-        _remove(workdir)
-    return ExecutionResult(status, detail, reader.text(), duration, isolation)
+        remove_folder(workdir)
+    if status == "passed" and not any(text.strip() for text in tests):
+        status, detail = "failed", NO_TESTS
+    return ExecutionResult(status, detail, sandbox.output, sandbox.duration, isolation)
+
+
+def run_program(source: str, tests: Union[str, Sequence[str]] = (), timeout: float = 3.0, *,
+                isolation: str = "auto", limits: Limits = Limits(), guard: bool = True) -> ExecutionResult:
+    """Run `source`, then each test statement (e.g. "assert add(1, 2) == 3"), in a sandbox.
+
+    timeout is wall-clock seconds for the whole process. Without a test (none, or only blank ones)
+    a program cannot pass: what would be "passed" is "failed" (NO_TESTS). guard=False leaves out
+    the audit hook that guards against accidents, leaving the OS-level isolation (the tests use
+    it to show that layer alone); the hooks that protect the verdict stay.
+    """
+    return _run(source, tests, timeout, isolation, limits, guard, stop=None)
 
 
 def run_programs(jobs: Iterable[tuple[str, Union[str, Sequence[str]]]], timeout: float = 3.0, *,
-                 workers: Optional[int] = None, **options) -> list[ExecutionResult]:
-    """run_program on each (source, tests), `workers` at a time; results in the order of jobs."""
+                 workers: Optional[int] = None, isolation: str = "auto", limits: Limits = Limits(),
+                 guard: bool = True) -> list[ExecutionResult]:
+    """run_program on each (source, tests), `workers` at a time; results in the order of jobs.
+
+    On an exception here (Ctrl-C) or in a run, the queued runs are dropped and the running ones
+    stop within a tenth of a second, each removing its folder, before the exception goes on."""
     jobs = list(jobs)
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
+    stop = threading.Event()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda job: run_program(job[0], job[1], timeout, **options), jobs))
+        futures = [pool.submit(_run, source, tests, timeout, isolation, limits, guard, stop)
+                   for source, tests in jobs]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            stop.set()
+            for future in futures:
+                future.cancel()
+            raise

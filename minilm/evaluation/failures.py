@@ -1,6 +1,6 @@
 """What went wrong in a failed program: one category from the executor's verdict and the task.
 
-The sandbox (minilm/evaluation/sandbox_programs.py, HARNESS) reports each program as a status and a detail:
+The sandbox (minilm/evaluation/harness.py) reports each program as a status and a detail:
     syntax_error  "SyntaxError: invalid syntax (candidate.py, line 2)"      it did not compile
     crashed       "while defining the program: NameError: ..."              running its definitions raised
                   "assert f(1) == 2: TypeError: f() takes 1 positional ..."  a test's call raised

