@@ -70,7 +70,9 @@ print("passed:", json.dumps(passed))
 
 def passed_each_in_its_namespace(jobs: list[tuple[str, str, list[str]]]) -> list[str]:
     """The task ids whose code passes every one of its asserts, (task_id, code, asserts) per job."""
-    result = run_program(f"JOBS = {json.dumps(jobs)!r}\n" + EACH_IN_ITS_NAMESPACE, timeout=30.0)
+    # the one test: the loop ran to its end (a program without tests cannot pass, execution.NO_TESTS)
+    result = run_program(f"JOBS = {json.dumps(jobs)!r}\n" + EACH_IN_ITS_NAMESPACE,
+                         ["assert isinstance(passed, list)"], timeout=30.0)
     assert result.passed, result.detail
     return json.loads(result.output.split("passed:", 1)[1])
 
