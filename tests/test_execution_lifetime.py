@@ -55,8 +55,11 @@ def parent_of(pid: int) -> int:
 def start_evaluator(root: Path, code: str) -> subprocess.Popen:
     """A Python process that runs `code` with this checkout's minilm, its sandboxes under root."""
     env = {**os.environ, "PYTHONPATH": REPO, "TMPDIR": str(root)}
+    # Ctrl-C as in a terminal: a shell without job control (nohup ... &, CI) starts its background
+    # commands with SIGINT ignored, and the evaluator would inherit that
     return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_a_sandbox_dies_with_its_evaluator(isolation, tmp_path):
