@@ -276,12 +276,16 @@ def _field_types(cls) -> dict[str, type]:
     return {f.name: hints[f.name] for f in fields(cls) if f.name != "model"}
 
 
-NO_VALUE = "true"  # what a bare `--key` gives: "true" for flags; a config field of another type refuses it
+class _NoValue(str):
+    """What a bare `--key` gives: "true" for flags, told apart (by type) from a typed "true"."""
+
+
+NO_VALUE = _NoValue("true")  # a config field of a non-bool type refuses it
 
 
 def _convert(key: str, raw: str, typ) -> object:
     """Convert a command-line string to the field's type, or raise ConfigError naming the key."""
-    if raw is NO_VALUE and typ is not bool:
+    if isinstance(raw, _NoValue) and typ is not bool:
         raise ConfigError(f"--{key} needs a value ({getattr(typ, '__name__', typ)}), e.g. --{key} VALUE")
     optional = typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ)
     if optional:
@@ -375,7 +379,7 @@ def load_config(argv: list[str], options: Optional[dict] = None, default_preset:
             default = options[key]
             typ = type(default) if default is not None else str
             raw = overrides.pop(key)
-            chosen[key] = raw if raw is NO_VALUE else _convert(key, raw, typ)  # a bare option reads "true"
+            chosen[key] = str(raw) if isinstance(raw, _NoValue) else _convert(key, raw, typ)  # bare: "true"
     return apply_overrides(config, overrides), chosen
 
 

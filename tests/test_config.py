@@ -44,6 +44,7 @@ def test_default_preset_and_untouched_options():
     (["--n_head", "5"], "n_embd (192) must be divisible by n_head (5)"),
     (["--attention", "magic"], "--attention must be one of auto, sdpa, reference, got 'magic'"),
     (["--lr"], "--lr needs a value (float)"),
+    (["--lr", "true"], "--lr expects float, got 'true'"),  # a typed "true" is a value, not a bare key
     (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
     (["--lr", "nan"], "--lr must be a number, got nan"),
     (["--n_head", "0"], "--n_head must be between 1 and 1024, got 0"),
