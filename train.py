@@ -36,7 +36,7 @@ OPTIONS = {"stage": "all", "resume": "no", "force": False}
 RESUME_VALUES = {"no": False, "false": False, "0": False, "true": True, "yes": True, "1": True, "auto": True}
 
 
-STAGE_NAMES = ("tokenizer", "pretrain", "finetune", "eval")  # minilm.stages.pipeline.PIPELINE, in order
+STAGE_NAMES = ("tokenizer", "pretrain", "own_answers", "finetune", "eval")  # minilm.stages.pipeline.PIPELINE, in order
 
 
 def usage() -> str:

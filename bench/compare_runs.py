@@ -25,7 +25,7 @@ from minilm.evaluation.statistics import outcomes, paired_comparison  # noqa: E4
 from minilm.stages.eval import EVAL_SPLITS, REQUESTS  # noqa: E402
 from minilm.stages.reuse import read_stages  # noqa: E402
 
-STAGES = ("tokenizer", "pretrain", "finetune", "eval")
+STAGES = ("tokenizer", "pretrain", "own_answers", "finetune", "eval")
 
 
 def pct(value) -> str:

@@ -46,7 +46,8 @@ RANGES = {
     "ft_eval_tasks": (0, 10**7), "lora_r": (1, 1 << 16), "top_k_layers": (1, 1024), "patience": (1, 10**6),
     "eval_max_new_tokens": (1, 1 << 17), "eval_tasks_per_split": (1, 10**6), "eval_batch_size": (1, 1 << 16),
     "eval_humaneval_problems": (0, 164), "eval_humaneval_max_new_tokens": (1, 1 << 17),
-    "eval_humaneval_samples": (0, 1000),
+    "eval_humaneval_samples": (0, 1000), "own_answers_samples": (0, 1000), "own_answers_tasks": (1, 10**7),
+    "own_answers_temperature": (0.0, 10.0),
 }
 POSITIVE = ("norm_eps", "lr", "ft_lr", "lora_alpha", "loraplus_ratio")  # > 0 and finite
 FRACTIONS = ("dropout", "lora_dropout", "beta1", "beta2")  # in [0, 1)
@@ -173,6 +174,10 @@ class RunConfig:
     ft_neftune_alpha: float = 0.0  # NEFTune: noise on the token embeddings while fine-tuning; 0 = off
     ft_pass_tasks: int = 0  # validation tasks whose greedy pass@1 is measured at each evaluation; 0 = none
     ft_eval_tasks: int = 0  # validation tasks whose loss early stopping reads; 0 = the whole valid split
+    # own passing answers as targets (stages/own_answers.py): samples per task for the first tasks; 0 = off
+    own_answers_samples: int = 0
+    own_answers_tasks: int = 500
+    own_answers_temperature: float = 0.7
     loraplus_ratio: float = 1.0  # LoRA+: lr of the B matrices / lr of A (1 = plain LoRA)
     lora_r: int = 8
     lora_alpha: float = 16.0

@@ -15,6 +15,7 @@ DATA_MIX = 1  # pretraining: is this micro-batch a task-suite batch or a code ba
 LENGTH_GROUPS = 2  # fine-tuning: the draws of G steps made together and grouped by length
 DROPOUT = 3  # dropout, LoRA dropout and NEFTune noise: the global generator before a micro-batch
 SAMPLING = 4  # a sampled generation row (prompt, sample) in continuous batching
+OWN_ANSWERS = 5  # the own_answers stage: the sampling seed of a chunk of training tasks
 
 
 def derive_seed(*parts: int) -> int:
@@ -43,3 +44,9 @@ def dropout_seed(seed: int, step: int, micro: int) -> int:
 def sampling_seed(seed: int, prompt: int, sample: int) -> int:
     """One generation row's generator: the same row draws the same numbers in any pool."""
     return derive_seed(seed, prompt, sample, SAMPLING)
+
+
+def own_answers_seed(seed: int, chunk_start: int) -> int:
+    """The sampling seed of the own_answers chunk that starts at task chunk_start: a resumed stage
+    draws what an uninterrupted one drew."""
+    return derive_seed(seed, chunk_start, OWN_ANSWERS)

@@ -57,7 +57,7 @@ def test_a_stage_key_follows_the_task_suite_where_the_stage_reads_it(tmp_path, m
             for cfg in (no_mix, mix) for stage in reuse_stage.STAGE_FIELDS}
     monkeypatch.setattr("minilm.stages.reuse.suite_fingerprint", lambda seed, n_train: "a changed generator")
     for (fraction, stage), key in keys.items():
-        reads_suite = stage in ("finetune", "eval") or (stage == "pretrain" and fraction > 0)
+        reads_suite = stage in ("finetune", "eval") or (stage == "pretrain" and fraction > 0)  # own_answers off
         assert (reuse_stage.stage_key(mix if fraction else no_mix, stage) != key) == reads_suite, stage
 
 

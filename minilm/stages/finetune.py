@@ -28,6 +28,7 @@ from minilm.formats import peft
 from minilm.model import lora
 from minilm.runtime import runtime_for
 from minilm.stages.common import task_suite
+from minilm.stages.own_answers import load_own_answers, with_own_answers
 from minilm.stages.tokenizer import ensure_tokenizer
 from minilm.training import freeze
 from minilm.training.distributed import DistInfo
@@ -99,7 +100,12 @@ def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
 
     suite = task_suite(cfg)
     block = cfg.model.block_size
-    train_examples = build_examples(tok, suite["train"], block)
+    own = load_own_answers(cfg)
+    train = with_own_answers(suite["train"], own)
+    if own:
+        log(f"finetune data: {sum(code is not None for code in own.values())} of {len(own)} sampled training "
+            f"tasks target the model's own passing answer (RUN_DIR/own_answers), the rest their reference")
+    train_examples = build_examples(tok, train, block)
     valid = suite["valid"][:cfg.ft_eval_tasks] if cfg.ft_eval_tasks else suite["valid"]
     val_examples = build_examples(tok, valid, block)
     log(f"finetune data: {len(train_examples)} train / {len(val_examples)} valid examples "

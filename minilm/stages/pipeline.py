@@ -1,4 +1,5 @@
-"""The whole mission as stages: tokenizer -> pretrain -> finetune -> eval, each reused when unchanged.
+"""The whole mission as stages: tokenizer -> pretrain -> own_answers -> finetune -> eval, each reused
+when unchanged (own_answers does nothing unless own_answers_samples > 0).
 
     python train.py --config small                 # every stage, in order
     python train.py --config small --stage eval    # one stage
@@ -18,6 +19,7 @@ from minilm.stages import reuse
 from minilm.stages.common import save_config
 from minilm.stages.eval import run_eval
 from minilm.stages.finetune import run_finetune
+from minilm.stages.own_answers import run_own_answers
 from minilm.stages.pretrain import import_base, run_pretrain
 from minilm.stages.report import write_run_report
 from minilm.stages.tokenizer import ensure_tokenizer
@@ -36,6 +38,11 @@ def stage_pretrain(cfg: RunConfig, opts: dict, dist, log) -> None:
         run_pretrain(cfg, dist, resume=opts["resume"], log=log)
 
 
+def stage_own_answers(cfg: RunConfig, opts: dict, dist, log) -> None:
+    if dist.is_main:  # sampling runs on one process; the others wait at the barrier
+        run_own_answers(cfg, resume=opts["resume"], log=log)
+
+
 def stage_finetune(cfg: RunConfig, opts: dict, dist, log) -> None:
     run_finetune(cfg, dist, resume=opts["resume"], log=log)
 
@@ -48,9 +55,9 @@ def stage_eval(cfg: RunConfig, opts: dict, dist, log) -> None:
     write_run_report(cfg, report, time.perf_counter() - start, log)
 
 
-STAGES = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain, "finetune": stage_finetune,
-          "eval": stage_eval}
-PIPELINE = ("tokenizer", "pretrain", "finetune", "eval")
+STAGES = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain, "own_answers": stage_own_answers,
+          "finetune": stage_finetune, "eval": stage_eval}
+PIPELINE = ("tokenizer", "pretrain", "own_answers", "finetune", "eval")
 
 
 def run_stage(name: str, cfg: RunConfig, opts: dict, dist, log) -> None:

@@ -3,6 +3,7 @@ stage's wall time, printed at the end of a run."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from minilm import checkpoint as ckpt
@@ -41,7 +42,10 @@ def report_markdown(report: dict) -> str:
              f"- device: {report['device']}, model: " + ", ".join(f"{k}={v}" for k, v in report["model_config"].items()),
              start,
              "- wall time: " + ", ".join(f"{s} {t:.0f} s" for s, t in report["stage_seconds"].items())
-             + f" (total {sum(report['stage_seconds'].values()):.0f} s)", "",
+             + f" (total {sum(report['stage_seconds'].values()):.0f} s)",
+             *([f"- own answers: {own['with_own_answer']} of {own['tasks']} sampled training tasks "
+                f"({own['samples_per_task']} samples each) target a passing answer of the base's own"]
+               if (own := report.get("own_answers")) else []), "",
              "| split | kind | tasks | before fine-tuning [95% CI] | after fine-tuning [95% CI] | flips (+ / -) "
              "| p | verdict |", "|---|---|---|---|---|---|---|---|"]
     rows = []
@@ -77,8 +81,13 @@ def write_run_report(cfg: RunConfig, report: dict, eval_seconds: float, log=prin
     """report.json / report.md with every stage's wall time, then print the table and examples."""
     run_dir = Path(cfg.out_dir)
     seconds = {name: record["seconds"] for name, record in read_stages(run_dir).items()}
-    report["stage_seconds"] = {name: seconds[name] for name in ("tokenizer", "pretrain", "finetune")
-                               if name in seconds} | {"eval": round(eval_seconds, 2)}
+    stages = ("tokenizer", "pretrain", *(("own_answers",) if cfg.own_answers_samples else ()), "finetune")
+    report["stage_seconds"] = {name: seconds[name] for name in stages if name in seconds} | {
+        "eval": round(eval_seconds, 2)}
+    own = run_dir / "own_answers" / "summary.json"
+    if cfg.own_answers_samples and own.is_file():
+        report["own_answers"] = {key: value for key, value in json.loads(own.read_text()).items()
+                                 if key != "by_family"}
     ckpt.write_json_atomic(run_dir / f"{REPORT_NAME}.json", report)
     ckpt.write_text_atomic(run_dir / f"{REPORT_NAME}.md", report_markdown(report))
     log("")

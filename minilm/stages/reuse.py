@@ -42,6 +42,8 @@ STAGE_FIELDS = {
                  "ft_metric", "ft_pass_tasks", "ft_eval_tasks", "ft_neftune_alpha", "lora_r", "lora_alpha",
                  "lora_dropout", "lora_targets", "lora_dora", "loraplus_ratio", "top_k_layers", "weight_decay",
                  "beta1", "beta2", "grad_clip", "patience"),
+    "own_answers": ("task_seed", "seed", "dtype", "eval_max_new_tokens", "eval_batch_size", "own_answers_samples",
+                    "own_answers_tasks", "own_answers_temperature"),
     "eval": ("task_seed", "eval_max_new_tokens", "eval_tasks_per_split", "eval_batch_size",
              "eval_teacher_forcing", "eval_humaneval", "eval_humaneval_problems", "eval_humaneval_max_new_tokens",
              "eval_humaneval_samples", "eval_requests"),
@@ -59,11 +61,14 @@ IMPORT_FIELDS = {"tokenizer": ("init",), "pretrain": ("init", "model")}
 UNKEYED_FIELDS = ("task_train_size", "out_dir", "data_dir", "device", "compile", "log_interval", "ckpt_interval",
                   "peak_flops")
 
-# The files a stage's result depends on: the outputs of the stages before it.
+# The files a stage's result depends on: the outputs of the stages before it. Fine-tuning reads
+# the own answers only while the own_answers stage is on (own_answers_samples > 0).
+OWN_ANSWERS_FILE = "own_answers/answers.jsonl"
 STAGE_INPUTS = {
     "tokenizer": (),
     "pretrain": (ckpt.TOKENIZER_FILE,),
-    "finetune": (ckpt.TOKENIZER_FILE, "pretrain/" + ckpt.MODEL_FILE),
+    "own_answers": (ckpt.TOKENIZER_FILE, "pretrain/" + ckpt.MODEL_FILE),
+    "finetune": (ckpt.TOKENIZER_FILE, "pretrain/" + ckpt.MODEL_FILE, OWN_ANSWERS_FILE),
     "eval": (ckpt.TOKENIZER_FILE, "pretrain/" + ckpt.MODEL_FILE, "finetune/adapter_model.safetensors",
              "finetune/" + ckpt.MODEL_FILE),
 }
@@ -87,7 +92,7 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
     inputs = {
         "config": {name: _field(config, name) for name in stage_fields(cfg, stage)},
         "files": {name: ckpt.file_sha256(run_dir / name) for name in STAGE_INPUTS[stage]
-                  if (run_dir / name).is_file()},
+                  if (run_dir / name).is_file() and (cfg.own_answers_samples or name != OWN_ANSWERS_FILE)},
     }
     if cfg.init and stage in IMPORT_FIELDS:  # the base's own files (a missing one: the stage says so)
         try:
@@ -96,7 +101,9 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
             inputs["base"] = None
     # A stage that reads the task suite also keys on its content, so a change to the generator's
     # code (a new family, phrasing or weight) redoes it; pretraining reads it only through the mix.
-    if stage in ("finetune", "eval") or (stage == "pretrain" and cfg.pretrain_task_mix > 0 and not cfg.init):
+    reads_suite = {"finetune": True, "eval": True, "own_answers": cfg.own_answers_samples > 0,
+                   "pretrain": cfg.pretrain_task_mix > 0 and not cfg.init}
+    if reads_suite.get(stage, False):
         inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size)
     if stage == "eval" and cfg.eval_requests:  # the requests file is frozen, but a deliberate change counts
         inputs["requests"] = requests_fingerprint()
@@ -152,6 +159,7 @@ def read_stages(run_dir) -> dict:
 STAGE_OUTPUTS = {
     "tokenizer": (ckpt.TOKENIZER_FILE,),
     "pretrain": ("pretrain/" + ckpt.MODEL_FILE,),
+    "own_answers": ("own_answers/summary.json",),  # none while it is off: it then runs, doing nothing
     "finetune": ("finetune/adapter_model.safetensors", "finetune/" + ckpt.MODEL_FILE),
     "eval": (f"{REPORT_NAME}.json",),
 }
