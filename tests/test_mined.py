@@ -167,8 +167,9 @@ def test_a_folder_with_a_file_that_does_not_parse_is_mined_around_it(tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_bytes(b"# -*- coding: latin-1 -*-\ndef caf\xe9(x):\n" + BODY.encode())
     (tmp_path / "pkg" / "latin.py").write_bytes(b"def f():\n    return '\xe9'\n")  # not UTF-8, no coding line
-    (tmp_path / "__pycache__").mkdir()
-    (tmp_path / "__pycache__" / "cached.py").write_text("def cached(x):\n" + BODY)
+    for skipped in ("__pycache__/cached.py", "tests/checks.py", "test_good.py"):  # caches and tests are not read
+        (tmp_path / skipped).parent.mkdir(exist_ok=True)
+        (tmp_path / skipped).write_text("def check(x):\n" + BODY)
     mined = mine_source(str(tmp_path), check=False)
     assert (mined.counts.files, mined.counts.unparsable) == (4, 2)
     assert [r["task_id"] for r in mined.records] == ["mined/good.double", "mined/pkg.café"]

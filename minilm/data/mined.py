@@ -8,8 +8,9 @@
 
 The files: for "stdlib", the running Python's standard library (the pretraining corpus's rules:
 no test suites, caches or generated tables) without the GUI and tool packages of STDLIB_SKIPPED;
-for a folder, every .py file below it but caches, virtual environments and hidden folders. Each
-function goes through mining.py's filters, then:
+for a folder, every .py file below it but caches, virtual environments, hidden folders and tests
+(test/, tests/, test_*.py, conftest.py: a test function checks the code around it, it is no
+standalone function to ask for). Each function goes through mining.py's filters, then:
 
     clean     no run of WINDOW words in common with what we evaluate (`evaluated_documents`: the
               requests' texts and reference code, HumanEval's prompts and canonical solutions),
@@ -53,7 +54,8 @@ def source_files(source: str) -> tuple[Path, list[Path]]:
         files = find_python_files(root, stdlib_rules=True)
         return root, [f for f in files if f.relative_to(root).parts[0] not in STDLIB_SKIPPED]
     root = Path(source).expanduser()
-    return root, find_python_files(root)
+    files = find_python_files(root, stdlib_rules=True)  # its rules leave out test folders
+    return root, [f for f in files if not f.name.startswith("test_") and f.name != "conftest.py"]
 
 
 def module_name(relative: Path) -> str:
