@@ -13,6 +13,8 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
+from minilm.data.corpus import python_folder_problem
+
 
 class ConfigError(ValueError):
     """A bad preset, key or value. Entry points print it on one line and exit with code 2."""
@@ -50,7 +52,7 @@ RANGES = {
     "own_answers_temperature": (0.0, 10.0),
 }
 POSITIVE = ("norm_eps", "lr", "ft_lr", "lora_alpha", "loraplus_ratio")  # > 0 and finite
-FRACTIONS = ("dropout", "lora_dropout", "beta1", "beta2")  # in [0, 1)
+FRACTIONS = ("dropout", "lora_dropout", "beta1", "beta2", "sft_mined_fraction")  # in [0, 1)
 
 
 def check_values(config) -> None:
@@ -185,6 +187,8 @@ class RunConfig:
     lora_targets: str = "all-linear"
     lora_dora: bool = False  # DoRA: each adapted weight's row lengths train apart from its direction (minilm/model/lora.py)
     top_k_layers: int = 1
+    sft_source: str = ""  # "stdlib" or a folder: also fine-tune on functions mined there (minilm/data/mined.py)
+    sft_mined_fraction: float = 0.2  # with sft_source: the share of fine-tuning examples that are mined ones
     patience: int = 3  # evaluations without improvement before early stopping
     # evaluation
     eval_max_new_tokens: int = 128
@@ -212,6 +216,8 @@ class RunConfig:
                               f"(256 bytes and {SPECIAL_TOKEN_COUNT} special tokens), got {self.model.vocab_size}")
         if self.finetune in ("top_k", "lora+top_k") and self.top_k_layers > self.model.n_layer:
             raise ConfigError(f"--top_k_layers ({self.top_k_layers}) must not exceed --n_layer ({self.model.n_layer})")
+        if self.sft_source not in ("", "stdlib") and (problem := python_folder_problem(self.sft_source)):
+            raise ConfigError(f"--sft_source {problem}, or stdlib")
         if self.ft_metric == "pass@1" and self.ft_pass_tasks <= 0:
             raise ConfigError("--ft_metric pass@1 needs validation tasks to run; set --ft_pass_tasks N (e.g. 20)")
 
@@ -292,8 +298,7 @@ def _convert(key: str, raw: str, typ) -> object:
     """Convert a command-line string to the field's type, or raise ConfigError naming the key."""
     if isinstance(raw, _NoValue) and typ is not bool:
         raise ConfigError(f"--{key} needs a value ({getattr(typ, '__name__', typ)}), e.g. --{key} VALUE")
-    optional = typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ)
-    if optional:
+    if typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ):  # Optional[...]
         if raw.lower() in ("none", "null", ""):
             return None
         typ = next(t for t in typing.get_args(typ) if t is not type(None))

@@ -143,6 +143,17 @@ def find_python_files(root: Path, stdlib_rules: bool = False) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
+def python_folder_problem(path: str) -> str:
+    """What keeps `path` from being a folder of Python source to read, on one line ("" if nothing)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return f"{path!r} is not a folder; give a folder of .py files"
+    if not find_python_files(folder):
+        return (f"{path!r} holds no .py files (caches, virtual environments and hidden folders are not "
+                "read); give a folder of Python source")
+    return ""
+
+
 def resolve_source(source: Source) -> tuple[Path, list[Path], str, bool]:
     """Return (root, files, description, stdlib_rules) for a source given as the docstring says."""
     if source is None:

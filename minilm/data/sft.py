@@ -299,6 +299,19 @@ def build_examples(tok, tasks: Sequence[dict], block_size: int,
     return Examples(ids, loss_masks, block_size, fmt.pad_id(tok), n_dropped)
 
 
+def mix_examples(examples: Examples, extra: Examples, fraction: float) -> Examples:
+    """examples, then extra's repeated in order until they are `fraction` of the whole (below 1), so
+    that uniform draws hold that share of them; examples are repeated too where that takes fewer
+    rows than extra has, so that every one of extra's is drawn."""
+    if len(extra) == 0 or fraction <= 0 or len(examples) == 0:
+        return examples if len(extra) == 0 or fraction <= 0 else extra
+    copies = math.ceil(len(extra) * (1 - fraction) / (fraction * len(examples)))
+    rows = [i % len(extra) for i in range(round(fraction * copies * len(examples) / (1 - fraction)))]
+    return Examples(examples.ids * copies + [extra.ids[r] for r in rows],
+                    examples.loss_masks * copies + [extra.loss_masks[r] for r in rows],
+                    examples.block_size, examples.pad_id, examples.n_dropped + extra.n_dropped)
+
+
 def collate(ids: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[int]], pad_id: int,
             pad_to: Optional[int] = None, device: Union[str, torch.device] = "cpu"
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -5,13 +5,18 @@
     -> RUN_DIR/finetune/ (adapter_config.json + adapter_model.safetensors, or model.safetensors)
 
 Examples are rendered in the format the tokenizer implies (minilm/data/sft.py: ours, or ChatML for
-a chat base); with ft_group_by_length, batches of similar length cut the padding.
+a chat base); with ft_group_by_length, batches of similar length cut the padding. With
+--sft_source, functions mined from the stdlib or a folder (minilm/data/mined.py) are mixed in as
+sft_mined_fraction of the training examples, their held-out part joins validation, and
+RUN_DIR/finetune/mined.json records how many each filter kept.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,8 +24,10 @@ import torch
 
 from minilm import checkpoint as ckpt, seeds
 from minilm.config import ConfigError, RunConfig, to_dict
+from minilm.data.mined import MinedSet, mine_source
+from minilm.data.mining import format_counts
 from minilm.data.sft import (add_embedding_noise, build_examples, collate_rows, get_sft_batch, iter_sft_batches,
-                             length_grouped_rows)
+                             length_grouped_rows, mix_examples)
 from minilm.data.tokens import tokenizer_fingerprint
 from minilm.evaluation.evaluate import evaluate_model
 from minilm.evaluation.metrics import summarize_group
@@ -33,6 +40,8 @@ from minilm.stages.tokenizer import ensure_tokenizer
 from minilm.training import freeze
 from minilm.training.distributed import DistInfo
 from minilm.training.trainer import Batch, TrainSettings, Trainer, TrainResult, estimate_loss
+
+MINED_FILE = "mined.json"  # in RUN_DIR/finetune/: what --sft_source mined, filter by filter
 
 
 def finetune_settings(cfg: RunConfig) -> TrainSettings:
@@ -107,6 +116,16 @@ def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
             f"tasks target the model's own passing answer (RUN_DIR/own_answers), the rest their reference")
     train_examples = build_examples(tok, train, block)
     valid = suite["valid"][:cfg.ft_eval_tasks] if cfg.ft_eval_tasks else suite["valid"]
+    mined = mine_for_finetuning(cfg, log) if cfg.sft_source else None
+    if mined:
+        readable = [r for r in mined.records if not any(s in r["text"] + r["code"] for s in tok.special_tokens)]
+        mined_train = build_examples(tok, [r for r in readable if r["split"] == "train"], block)
+        log(f"finetune data: {len(mined_train)} mined train examples fit the context ({mined_train.n_dropped} "
+            f"longer dropped, {len(mined.records) - len(readable)} with a special token's text left out), "
+            f"drawn as {cfg.sft_mined_fraction:.0%} of the examples")
+        train_examples = mix_examples(train_examples, mined_train, cfg.sft_mined_fraction)
+        mined_valid = [r for r in readable if r["split"] == "valid"]
+        valid = valid + (mined_valid[:cfg.ft_eval_tasks] if cfg.ft_eval_tasks else mined_valid)
     val_examples = build_examples(tok, valid, block)
     log(f"finetune data: {len(train_examples)} train / {len(val_examples)} valid examples "
         f"({train_examples.n_dropped + val_examples.n_dropped} longer than the context dropped)")
@@ -122,6 +141,9 @@ def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
     info = {"tokenizer_sha256": tok_hash, "base_sha256": base_sha}
 
     def save_best(m, stage_dir: Path, metrics: dict) -> None:
+        if mined:
+            ckpt.write_json_atomic(stage_dir / MINED_FILE, {"summary": mined.summary(), "source": cfg.sft_source,
+                                                            "counts": dataclasses.asdict(mined.counts)})
         if cfg.finetune == "lora":
             _save_adapter_atomic(m, stage_dir)
             ckpt.write_json_atomic(stage_dir / "base.json", {
@@ -138,6 +160,18 @@ def run_finetune(cfg: RunConfig, dist: DistInfo = DistInfo(), resume: bool = Fal
                       param_groups=groups, run_info={**info, "config": to_dict(cfg)}, peak_flops_override=cfg.peak_flops,
                       log=log)
     return trainer.fit(resume=resume)
+
+
+def mine_for_finetuning(cfg: RunConfig, log=print) -> MinedSet:
+    """The functions mined from cfg.sft_source, with a log of what each filter kept."""
+    start = time.perf_counter()
+    mined = mine_source(cfg.sft_source)
+    log(f"finetune data: {mined.summary()} in {time.perf_counter() - start:.1f} s")
+    for line in format_counts(mined.counts).splitlines():
+        log(f"  {line}")
+    if not mined.records:
+        log(f"warning: no function of {cfg.sft_source} passed the filters; fine-tuning on the task suite alone")
+    return mined
 
 
 def finetune_is_noiseless(cfg: RunConfig) -> bool:

@@ -22,6 +22,7 @@ from typing import Optional
 
 from minilm import checkpoint as ckpt
 from minilm.config import ConfigError, RunConfig, to_dict
+from minilm.data.mined import source_fingerprint
 from minilm.data.requests import requests_fingerprint
 from minilm.data.tasks import suite_fingerprint
 from minilm.pretrained import fingerprint, resolve_init
@@ -41,7 +42,7 @@ STAGE_FIELDS = {
                  "ft_lr", "ft_warmup_iters", "ft_eval_interval", "ft_grad_accum", "ft_group_by_length",
                  "ft_metric", "ft_pass_tasks", "ft_eval_tasks", "ft_neftune_alpha", "lora_r", "lora_alpha",
                  "lora_dropout", "lora_targets", "lora_dora", "loraplus_ratio", "top_k_layers", "weight_decay",
-                 "beta1", "beta2", "grad_clip", "patience"),
+                 "beta1", "beta2", "grad_clip", "patience", "sft_source", "sft_mined_fraction"),
     "own_answers": ("task_seed", "seed", "dtype", "eval_max_new_tokens", "eval_batch_size", "own_answers_samples",
                     "own_answers_tasks", "own_answers_temperature"),
     "eval": ("task_seed", "eval_max_new_tokens", "eval_tasks_per_split", "eval_batch_size",
@@ -105,6 +106,8 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
                    "pretrain": cfg.pretrain_task_mix > 0 and not cfg.init}
     if reads_suite.get(stage, False):
         inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size)
+    if stage == "finetune" and cfg.sft_source:  # the mined files and the miner's code: a changed folder counts
+        inputs["mined"] = source_fingerprint(cfg.sft_source)
     if stage == "eval" and cfg.eval_requests:  # the requests file is frozen, but a deliberate change counts
         inputs["requests"] = requests_fingerprint()
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
