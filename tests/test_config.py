@@ -4,7 +4,8 @@ import dataclasses
 import pytest
 from hypothesis import given, strategies as st
 
-from minilm.config import (RANGES, PRESETS, ConfigError, ModelConfig, RunConfig, apply_overrides, from_dict,
+from minilm.config_checks import RANGES
+from minilm.config import (PRESETS, ConfigError, ModelConfig, RunConfig, apply_overrides, from_dict,
                            load_config, to_dict)
 
 
@@ -81,7 +82,7 @@ def test_from_dict_ignores_unknown_keys():
 
 def test_the_choices_are_what_the_code_builds():
     """config.py lists each string field's values itself (it imports nothing): they must agree."""
-    from minilm.config import CHOICES, SPECIAL_TOKEN_COUNT
+    from minilm.config_checks import CHOICES, SPECIAL_TOKEN_COUNT
     from minilm.data.sft import SPECIAL_TOKENS
     from minilm.training.early_stopping import MAXIMIZED_METRICS
     from minilm.runtime import resolve_dtype

@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
-from minilm.config import MLPS, NORMS, PRESETS, ConfigError, ModelConfig
+from minilm.config import PRESETS, ConfigError, ModelConfig
+from minilm.config_checks import MLPS, NORMS
 from minilm.formats.gpt2 import save_hf_gpt2
 from minilm.generation.decode import sample_next
 from minilm.model.gpt import GPT

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import train
-from minilm.config import CHOICES, RANGES
+from minilm.config_checks import CHOICES, RANGES
 from minilm.rundir import partial_dir, publish_stage, recover_stage, run_lock
 
 SMALL_RUN = ["--config", "tiny", "--corpus_max_bytes", "60000", "--max_iters", "4", "--eval_interval", "2",

@@ -8,7 +8,8 @@ from dataclasses import replace
 import torch
 from hypothesis import given, strategies as st
 
-from minilm.config import MLPS, NORMS, PRESETS, ModelConfig
+from minilm.config import PRESETS, ModelConfig
+from minilm.config_checks import MLPS, NORMS
 from minilm.data.sft import add_embedding_noise
 from minilm.model import lora
 from minilm.model.gpt import GPT

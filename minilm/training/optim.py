@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from minilm import runtime
-from minilm.config import OPTIMIZERS
+from minilm.config_checks import OPTIMIZERS
 from minilm.training.muon import Muon
 
 NO_DECAY_NAMES = ("wpe.weight",)  # 2-D, but a position table, not a weight matrix
