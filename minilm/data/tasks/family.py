@@ -64,9 +64,11 @@ ARG_NAMES = {
     "str": ("s", "text", "word", "line", "txt", "name", "phrase", "msg", "w", "label"),
     "strlist": ("words", "parts", "names", "tokens", "strs", "pieces", "chunks"),
     "dict": ("d", "mapping", "table", "dct", "lookup", "m", "scores", "ages"),
+    "matrix": ("grid", "matrix", "rows", "mat", "board", "cells"),   # the grid families of steps_grids.py
 }
 TYPE_WORDS = {"int": "an integer", "list": "a list of integers", "str": "a string",
-              "strlist": "a list of strings", "dict": "a dictionary"}
+              "strlist": "a list of strings", "dict": "a dictionary",
+              "matrix": "a list of lists of integers"}
 
 
 class Raw(str):
