@@ -1,6 +1,7 @@
 """No training example shares 10 words in a row with what we evaluate on: the requests (text and
 reference code) and HumanEval (prompts and canonical solutions). And the check itself: its hashed
 index finds what a plain text search finds, and a planted sentence is found."""
+import random
 import time
 
 import pytest
@@ -9,6 +10,8 @@ from hypothesis import given, strategies as st
 from minilm.config import PRESETS
 from minilm.data.requests import load_requests
 from minilm.data.tasks import generate_suite
+from minilm.data.tasks.family import instantiate
+from minilm.data.tasks.steps import STEP_FAMILIES
 from minilm.evaluation import humaneval as he
 from minilm.evaluation.contamination import shared_ngrams, shared_ngrams_reference, words, word_ngrams
 
@@ -59,6 +62,21 @@ def test_no_training_example_shares_ten_words_with_a_request_or_humaneval(traini
         print(f"\n{len(evaluated)} texts against {n} + {len(suite['valid'])} tasks (seed {seed}) "
               f"in {time.perf_counter() - start:.2f} s")
         assert found == []
+
+
+def test_no_multi_step_task_shares_ten_words_with_a_request_or_humaneval(evaluated):
+    """The multi-step families reach training only with task_steps_weight > 0 (no preset sets it),
+    so the suites above do not hold them: check every template of each, with a few draws of names
+    and constants, and the training split of a suite that does draw them."""
+    texts = []
+    for family in STEP_FAMILIES:
+        for seed in range(3):
+            rng = random.Random(seed)
+            for template in family.templates():
+                instance = instantiate(family, rng, template)
+                texts += [instance.text, instance.code]
+    texts += training_texts(generate_suite(seed=0, n_train=3000, check=False, steps_weight=1.0))
+    assert shared_ngrams(evaluated, texts, N) == []
 
 
 def test_a_planted_sentence_is_found(evaluated):
