@@ -37,7 +37,8 @@ RANGES = {
     "vocab_size": (1, 1 << 24), "block_size": (1, 1 << 17), "n_layer": (1, 1024), "n_head": (1, 1024),
     "n_embd": (1, 1 << 16), "mlp_hidden": (0, 1 << 18), "n_kv_head": (0, 1024), "rope_base": (1.0, INF),
     "seed": (0, 2**63 - 1), "task_seed": (0, 2**63 - 1), "corpus_max_bytes": (0, INF), "task_train_size": (1, 10**7),
-    "pretrain_task_mix": (0.0, 1.0), "batch_size": (1, 1 << 16), "grad_accum": (1, 1 << 16),
+    "task_steps_weight": (0.0, 1000.0), "pretrain_task_mix": (0.0, 1.0), "batch_size": (1, 1 << 16),
+    "grad_accum": (1, 1 << 16),
     "max_iters": (1, 10**9), "min_lr": (0.0, 10.0), "warmup_iters": (0, 10**9), "weight_decay": (0.0, 10.0),
     "grad_clip": (0.0, INF), "eval_interval": (1, 10**9), "eval_iters": (0, 10**9), "log_interval": (1, 10**9),
     "ckpt_interval": (0, 10**9), "peak_flops": (0.0, INF), "ft_max_iters": (1, 10**9), "ft_batch_size": (1, 1 << 16),
@@ -143,6 +144,9 @@ class RunConfig:
     task_seed: int = 0
     task_train_size: int = 6000  # tasks in the suite's train split (the held-out splits do not depend on it)
     pretrain_task_mix: float = 0.0  # fraction of pretraining batches drawn from the task suite's train split
+    # how often train/valid draw a multi-step family (minilm/data/tasks/steps.py) relative to a one-step
+    # family of its arity; 0 = none in training (test_steps still scores them), today's splits unchanged
+    task_steps_weight: float = 0.0
     # pretraining
     batch_size: int = 16
     grad_accum: int = 1

@@ -27,13 +27,16 @@ def training_texts(suite: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def training_suites() -> dict:
-    """{(task_seed, task_train_size): suite} for the largest train split of each seed the presets
-    use (24,000 tasks for small). A split is one random stream, so a smaller task_train_size is a
-    prefix of a larger one (test_a_smaller_train_split_is_a_prefix_of_a_larger_one)."""
+    """{(task_seed, task_steps_weight, task_train_size): suite} for the largest train split of each
+    seed and multi-step weight the presets use (24,000 tasks for small). A split is one random
+    stream, so a smaller task_train_size is a prefix of a larger one
+    (test_a_smaller_train_split_is_a_prefix_of_a_larger_one)."""
     largest = {}
     for cfg in PRESETS.values():
-        largest[cfg.task_seed] = max(largest.get(cfg.task_seed, 0), cfg.task_train_size)
-    return {(seed, n): generate_suite(seed=seed, n_train=n, check=False) for seed, n in largest.items()}
+        key = (cfg.task_seed, cfg.task_steps_weight)
+        largest[key] = max(largest.get(key, 0), cfg.task_train_size)
+    return {(seed, weight, n): generate_suite(seed=seed, n_train=n, check=False, steps_weight=weight)
+            for (seed, weight), n in largest.items()}
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +52,14 @@ def evaluated() -> dict[str, str]:
 
 
 def test_a_smaller_train_split_is_a_prefix_of_a_larger_one(training_suites):
-    for (seed, n), suite in training_suites.items():
+    for (seed, weight, n), suite in training_suites.items():
         assert len(suite["train"]) == n
-        smaller = generate_suite(seed=seed, n_train=200, check=False)
+        smaller = generate_suite(seed=seed, n_train=200, check=False, steps_weight=weight)
         assert smaller["train"] == suite["train"][:200] and smaller["valid"] == suite["valid"]
 
 
 def test_no_training_example_shares_ten_words_with_a_request_or_humaneval(training_suites, evaluated):
-    for (seed, n), suite in training_suites.items():
+    for (seed, weight, n), suite in training_suites.items():
         start = time.perf_counter()
         found = shared_ngrams(evaluated, training_texts(suite), N)
         print(f"\n{len(evaluated)} texts against {n} + {len(suite['valid'])} tasks (seed {seed}) "

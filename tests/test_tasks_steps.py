@@ -2,6 +2,7 @@
 every reference passes its tests and no trivial one-liner does, test_steps is held out of train,
 and with steps_weight 0 every older split is exactly what it was before the families existed."""
 import ast
+import dataclasses
 import hashlib
 import json
 import random
@@ -10,11 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minilm.config import PRESETS, ConfigError
 from minilm.data.tasks import SuiteError, check_suite, generate_suite, plant_bug, prompt_key
 from minilm.data.tasks import suite as suite_module
 from minilm.data.tasks.family import instantiate
 from minilm.data.tasks.steps import STEP_FAMILIES, STEP_FAMILY_NAMES
 from minilm.data.tasks.suite import ONE_STEP_FAMILIES, training_weight
+from minilm.stages.common import task_suite
+from minilm.stages.reuse import stage_key
 
 OLDER_SPLITS = ("train", "valid", "test_seen", "test_phrasing", "test_compose")
 SMALL = dict(n_train=600, n_valid=40, n_test=60)
@@ -179,3 +183,17 @@ def test_check_suite_catches_a_test_steps_task_that_is_not_held_out(suites):
 def test_a_bad_steps_weight_is_refused(weight):
     with pytest.raises(ValueError, match="steps_weight"):
         generate_suite(n_train=1, n_valid=0, n_test=0, steps_weight=weight)
+
+
+# ---- the config field ----
+
+def test_task_steps_weight_reaches_the_training_suite_and_the_stage_keys(tmp_path):
+    tiny = dataclasses.replace(PRESETS["tiny"], out_dir=str(tmp_path / "run"), task_train_size=200)
+    weighted = dataclasses.replace(tiny, task_steps_weight=1.0)
+    assert all(cfg.task_steps_weight == 0.0 for cfg in PRESETS.values())   # no preset's measured numbers move
+    assert not any(r["family"] in STEP_FAMILY_NAMES for r in task_suite(tiny)["train"])
+    assert any(r["family"] in STEP_FAMILY_NAMES for r in task_suite(weighted)["train"])
+    for stage in ("tokenizer", "finetune", "eval"):   # the weight is keyed through the suite's fingerprint
+        assert (stage_key(tiny, stage) != stage_key(weighted, stage)) == (stage != "tokenizer"), stage
+    with pytest.raises(ConfigError, match="task_steps_weight"):
+        dataclasses.replace(tiny, task_steps_weight=-0.5)

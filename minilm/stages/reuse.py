@@ -52,12 +52,13 @@ STAGE_FIELDS = {
 # files it left (tokenizer.json, pretrain/model.safetensors).
 IMPORT_FIELDS = {"tokenizer": ("init",), "pretrain": ("init", "model")}
 
-# Fields keyed otherwise: task_train_size through the task suite's fingerprint (stage_key), and
-# those no stage's result depends on (where files go, how often to log or checkpoint, the device).
+# Fields keyed otherwise: task_train_size and task_steps_weight through the task suite's fingerprint
+# (stage_key), and those no stage's result depends on (where files go, how often to log or
+# checkpoint, the device).
 # Every RunConfig field is in STAGE_FIELDS, IMPORT_FIELDS or here (tests/test_pipeline.py checks
 # it), so a new field has to be placed.
-UNKEYED_FIELDS = ("task_train_size", "out_dir", "data_dir", "device", "compile", "log_interval", "ckpt_interval",
-                  "peak_flops")
+UNKEYED_FIELDS = ("task_train_size", "task_steps_weight", "out_dir", "data_dir", "device", "compile", "log_interval",
+                  "ckpt_interval", "peak_flops")
 
 # The files a stage's result depends on: the outputs of the stages before it.
 STAGE_INPUTS = {
@@ -97,7 +98,7 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
     # A stage that reads the task suite also keys on its content, so a change to the generator's
     # code (a new family, phrasing or weight) redoes it; pretraining reads it only through the mix.
     if stage in ("finetune", "eval") or (stage == "pretrain" and cfg.pretrain_task_mix > 0 and not cfg.init):
-        inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size)
+        inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size, cfg.task_steps_weight)
     if stage == "eval" and cfg.eval_requests:  # the requests file is frozen, but a deliberate change counts
         inputs["requests"] = requests_fingerprint()
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
@@ -126,7 +127,7 @@ def eval_part_key(cfg: RunConfig, model_stage: str, part: str) -> str:
     inputs = {"part": part, "config": {name: _field(config, name) for name in fields},
               "files": {name: ckpt.file_sha256(run_dir / name) for name in EVAL_PART_INPUTS[model_stage]
                         if (run_dir / name).is_file()},
-              "suite": suite_fingerprint(cfg.task_seed, cfg.task_train_size)}
+              "suite": suite_fingerprint(cfg.task_seed, cfg.task_train_size, cfg.task_steps_weight)}
     if part == "requests":
         inputs["requests"] = requests_fingerprint()
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
