@@ -89,6 +89,9 @@ class RunConfig:
     task_seed: int = 0
     task_train_size: int = 6000  # tasks in the suite's train split (the held-out splits do not depend on it)
     pretrain_task_mix: float = 0.0  # fraction of pretraining batches drawn from the task suite's train split
+    # how often train/valid draw a multi-step family (minilm/data/tasks/steps.py) relative to a one-step
+    # family of its arity; 0 = none in training (test_steps still scores them), today's splits unchanged
+    task_steps_weight: float = 0.0
     # pretraining
     batch_size: int = 16
     grad_accum: int = 1

@@ -55,7 +55,7 @@ def test_a_stage_key_follows_the_task_suite_where_the_stage_reads_it(tmp_path, m
     no_mix, mix = tiny(tmp_path), tiny(tmp_path, pretrain_task_mix=0.2)
     keys = {(cfg.pretrain_task_mix, stage): reuse_stage.stage_key(cfg, stage)
             for cfg in (no_mix, mix) for stage in reuse_stage.STAGE_FIELDS}
-    monkeypatch.setattr("minilm.stages.reuse.suite_fingerprint", lambda seed, n_train: "a changed generator")
+    monkeypatch.setattr("minilm.stages.reuse.suite_fingerprint", lambda seed, n_train, steps_weight: "a changed generator")
     for (fraction, stage), key in keys.items():
         reads_suite = stage in ("finetune", "eval") or (stage == "pretrain" and fraction > 0)  # own_answers off
         assert (reuse_stage.stage_key(mix if fraction else no_mix, stage) != key) == reads_suite, stage

@@ -11,7 +11,7 @@ from minilm.training.distributed import DistInfo
 
 def task_suite(cfg: RunConfig) -> dict:
     """The task suite a run trains on: {split: [task, ...]}."""
-    return generate_suite(seed=cfg.task_seed, n_train=cfg.task_train_size)
+    return generate_suite(seed=cfg.task_seed, n_train=cfg.task_train_size, steps_weight=cfg.task_steps_weight)
 
 
 def save_config(cfg: RunConfig, dist: DistInfo) -> None:

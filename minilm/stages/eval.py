@@ -34,7 +34,8 @@ from minilm.runtime import runtime_for
 from minilm.stages.pretrain import pretrain_bits_per_byte
 from minilm.stages.reuse import eval_part_key, saved_part
 
-EVAL_SPLITS = ("test_seen", "test_phrasing", "test_compose")
+# test_steps: the multi-step families (minilm/data/tasks/steps.py), scored whether or not training drew them
+EVAL_SPLITS = ("test_seen", "test_phrasing", "test_compose", "test_steps")
 MODELS = ("pretrain", "finetune")  # before and after fine-tuning
 
 

@@ -55,12 +55,13 @@ STAGE_FIELDS = {
 # files it left (tokenizer.json, pretrain/model.safetensors).
 IMPORT_FIELDS = {"tokenizer": ("init",), "pretrain": ("init", "model")}
 
-# Fields keyed otherwise: task_train_size through the task suite's fingerprint (stage_key), and
-# those no stage's result depends on (where files go, how often to log or checkpoint, the device).
+# Fields keyed otherwise: task_train_size and task_steps_weight through the task suite's fingerprint
+# (stage_key), and those no stage's result depends on (where files go, how often to log or
+# checkpoint, the device).
 # Every RunConfig field is in STAGE_FIELDS, IMPORT_FIELDS or here (tests/test_pipeline.py checks
 # it), so a new field has to be placed.
-UNKEYED_FIELDS = ("task_train_size", "out_dir", "data_dir", "device", "compile", "log_interval", "ckpt_interval",
-                  "peak_flops")
+UNKEYED_FIELDS = ("task_train_size", "task_steps_weight", "out_dir", "data_dir", "device", "compile", "log_interval",
+                  "ckpt_interval", "peak_flops")
 
 # The files a stage's result depends on: the outputs of the stages before it. Fine-tuning reads
 # the own answers only while the own_answers stage is on (own_answers_samples > 0).
@@ -105,7 +106,7 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
     reads_suite = {"finetune": True, "eval": True, "own_answers": cfg.own_answers_samples > 0,
                    "pretrain": cfg.pretrain_task_mix > 0 and not cfg.init}
     if reads_suite.get(stage, False):
-        inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size)
+        inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size, cfg.task_steps_weight)
     if stage == "finetune" and cfg.sft_source:  # the mined files and the miner's code: a changed folder counts
         inputs["mined"] = source_fingerprint(cfg.sft_source)
     if stage == "eval" and cfg.eval_requests:  # the requests file is frozen, but a deliberate change counts
@@ -136,7 +137,7 @@ def eval_part_key(cfg: RunConfig, model_stage: str, part: str) -> str:
     inputs = {"part": part, "config": {name: _field(config, name) for name in fields},
               "files": {name: ckpt.file_sha256(run_dir / name) for name in EVAL_PART_INPUTS[model_stage]
                         if (run_dir / name).is_file()},
-              "suite": suite_fingerprint(cfg.task_seed, cfg.task_train_size)}
+              "suite": suite_fingerprint(cfg.task_seed, cfg.task_train_size, cfg.task_steps_weight)}
     if part == "requests":
         inputs["requests"] = requests_fingerprint()
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()

@@ -2,12 +2,15 @@
 
     from minilm.data.tasks import generate_suite, save_jsonl, load_jsonl, explain_f1
     suite = generate_suite(seed=0)          # {"train": [...], "valid": [...], "test_seen": [...], ...}
+    suite = generate_suite(seed=0, steps_weight=1.0)   # train and valid draw the multi-step families too
 
 Modules, in reading order:
     family.py        a Family (canonical solution + oracle + what phrases) and how it is instantiated
     catalog.py       arithmetic, comparison and string families
     catalog_lists.py list and dictionary families
     compose.py       filter -> map -> reduce pipelines and the held-out compositions
+    steps.py         the multi-step families (3-12 line solutions), gathered from steps_lists.py,
+                     steps_sequences.py, steps_strings.py, steps_counting.py, steps_numbers.py, steps_grids.py
     bugs.py          repair tasks: one test-failing mutation of a reference solution
     explain.py       slot precision / recall / F1 for explain tasks
     suite.py         splits, records and the checks that the held-out splits are held out

@@ -17,12 +17,14 @@ def main(argv=None) -> int:
     parser.add_argument("--n-train", type=int, default=6000)
     parser.add_argument("--n-valid", type=int, default=300)
     parser.add_argument("--n-test", type=int, default=300, help="size of each test split")
+    parser.add_argument("--steps-weight", type=float, default=0.0,
+                        help="how often train/valid draw a multi-step family (RunConfig.task_steps_weight)")
     parser.add_argument("--no-check", action="store_true", help="skip running every solution against its tests")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         suite = generate_suite(seed=args.seed, n_train=args.n_train, n_valid=args.n_valid,
-                               n_test=args.n_test, check=not args.no_check)
+                               n_test=args.n_test, check=not args.no_check, steps_weight=args.steps_weight)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

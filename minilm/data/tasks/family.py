@@ -12,8 +12,10 @@ wraps a what phrase in a *frame*, the sentence shape around it:
     text   "Write a function add_total(x, y) that returns the sum of x and y."
 
 Frames vary word order, what phrases vary vocabulary. Frames 4-5 and the last what phrase of
-every family are held out of training (the `test_phrasing` split); a template id names the pair,
-e.g. "f4.w2". The what phrase carries all the meaning, so explain scoring measures its words.
+every family are held out of training (the `test_phrasing` split, and `test_steps` for the
+multi-step families); a template id names the pair, e.g. "f4.w2". The what phrase carries all the
+meaning, so explain scoring measures its words. A body may span several lines (steps*.py): each
+line is indented under the def as it is.
 """
 from __future__ import annotations
 
@@ -64,9 +66,11 @@ ARG_NAMES = {
     "str": ("s", "text", "word", "line", "txt", "name", "phrase", "msg", "w", "label"),
     "strlist": ("words", "parts", "names", "tokens", "strs", "pieces", "chunks"),
     "dict": ("d", "mapping", "table", "dct", "lookup", "m", "scores", "ages"),
+    "matrix": ("grid", "matrix", "rows", "mat", "board", "cells"),   # the grid families of steps_grids.py
 }
 TYPE_WORDS = {"int": "an integer", "list": "a list of integers", "str": "a string",
-              "strlist": "a list of strings", "dict": "a dictionary"}
+              "strlist": "a list of strings", "dict": "a dictionary",
+              "matrix": "a list of lists of integers"}
 
 
 class Raw(str):

@@ -6,6 +6,10 @@ Splits, each drawn from its own random stream `Random(f"{seed}:{split}")`:
     test_seen       seen templates, new names and constants (no prompt that occurs in train)
     test_phrasing   templates never used in training (a held-out frame or a held-out what phrase)
     test_compose    (predicate, expression) pairs never used in training, seen templates
+    test_steps      the multi-step families (steps.py) with templates never used in training
+
+The multi-step families reach train and valid only with `steps_weight` > 0; at 0 (the default)
+every other split is exactly what it was before they existed, since they are drawn in no other split.
 
 Kinds: generate (text -> code), repair (text + buggy code -> code), explain (code -> text).
 Held-out splits are generated first and training rejects any prompt they contain, so the test
@@ -26,10 +30,12 @@ from .compose import COMPOSE_FAMILIES, PAIR_FAMILIES, composition, held_out_pair
 from .explain import slot_words
 from .family import Family, instantiate
 from .jsonl import KINDS
+from .steps import STEP_FAMILIES, STEP_FAMILY_NAMES
 
-FAMILIES: tuple[Family, ...] = SCALAR_FAMILIES + LIST_FAMILIES + COMPOSE_FAMILIES
+ONE_STEP_FAMILIES: tuple[Family, ...] = SCALAR_FAMILIES + LIST_FAMILIES + COMPOSE_FAMILIES
+FAMILIES: tuple[Family, ...] = ONE_STEP_FAMILIES + STEP_FAMILIES
 FAMILY_BY_NAME = {family.name: family for family in FAMILIES}
-SPLITS = ("train", "valid", "test_seen", "test_phrasing", "test_compose")
+SPLITS = ("train", "valid", "test_seen", "test_phrasing", "test_compose", "test_steps")
 DEFAULT_KIND_WEIGHTS = {"generate": 0.6, "repair": 0.2, "explain": 0.2}
 # train and valid draw the two pair families (predicate x expression) this many times as often as
 # any other: they are the only families that teach the filter-then-map shape test_compose asks for,
@@ -41,6 +47,7 @@ PAIR_FAMILY_WEIGHT = 4.0
 # integer val" -> "(t, m, val)"), and at weight 1 the 2 three-argument families were 3% of training.
 # Models trained so wrote "def f(t, val, val)": 0-1 of 7 three-argument test_seen tasks passed.
 ARG_COUNT_WEIGHT = {1: 1.0, 2: 2.0, 3: 6.0}
+INF = float("inf")
 
 
 class SuiteError(ValueError):
@@ -55,11 +62,13 @@ def prompt_key(record: dict) -> tuple:
 
 
 def generate_suite(seed: int = 0, n_train: int = 6000, n_valid: int = 300, n_test: int = 300,
-                   kind_weights: dict | None = None, check: bool = True) -> dict[str, list[dict]]:
+                   kind_weights: dict | None = None, check: bool = True,
+                   steps_weight: float = 0.0) -> dict[str, list[dict]]:
     """Generate every split: {split: [record, ...]}. `n_test` is the size of each test split.
 
     Deterministic in its arguments. `check=True` runs every reference solution and buggy variant
-    against its tests and verifies the splits are disjoint (about half the run time)."""
+    against its tests and verifies the splits are disjoint (about half the run time).
+    `steps_weight` is how often train and valid draw a multi-step family (training_weight)."""
     weights = dict(DEFAULT_KIND_WEIGHTS if kind_weights is None else kind_weights)
     if not weights or set(weights) - set(KINDS) or any(w < 0 for w in weights.values()) or not sum(weights.values()):
         raise ValueError(f"kind_weights must map some of {KINDS} to non-negative weights with a positive sum, "
@@ -67,10 +76,16 @@ def generate_suite(seed: int = 0, n_train: int = 6000, n_valid: int = 300, n_tes
     for name, n in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)):
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {n!r}")
+    if isinstance(steps_weight, bool) or not isinstance(steps_weight, (int, float)) or not 0 <= steps_weight < INF:
+        raise ValueError(f"steps_weight must be a non-negative number, got {steps_weight!r}")
     held = held_out_pairs(seed)
-    sizes = {"test_compose": n_test, "test_phrasing": n_test, "test_seen": n_test, "valid": n_valid, "train": n_train}
+    # Test splits first, so that train rejects their prompts; test_steps after the older test splits,
+    # so that they come out as they did before it existed.
+    sizes = {"test_compose": n_test, "test_phrasing": n_test, "test_seen": n_test, "test_steps": n_test,
+             "valid": n_valid, "train": n_train}
     taken: set = set()
-    suite = {split: _generate_split(split, size, seed, held, weights, taken) for split, size in sizes.items()}
+    suite = {split: _generate_split(split, size, seed, held, weights, taken, steps_weight)
+             for split, size in sizes.items()}
     suite = {split: suite[split] for split in SPLITS}
     if check:
         check_suite(suite)
@@ -78,23 +93,39 @@ def generate_suite(seed: int = 0, n_train: int = 6000, n_valid: int = 300, n_tes
 
 
 @functools.lru_cache(maxsize=4)
-def suite_fingerprint(seed: int = 0, n_train: int = 6000) -> str:
-    """SHA-256 of the suite for `seed` (default sizes but n_train): it changes whenever the
-    generator's output does."""
-    suite = generate_suite(seed=seed, n_train=n_train, check=False)
+def suite_fingerprint(seed: int = 0, n_train: int = 6000, steps_weight: float = 0.0) -> str:
+    """SHA-256 of the suite for `seed` (default sizes but n_train and steps_weight): it changes
+    whenever the generator's output does."""
+    suite = generate_suite(seed=seed, n_train=n_train, check=False, steps_weight=steps_weight)
     return hashlib.sha256(json.dumps(suite, sort_keys=True).encode()).hexdigest()
 
 
-def training_weight(family: Family) -> float:
-    """How often train and valid draw `family`, relative to a one-argument family."""
-    return (PAIR_FAMILY_WEIGHT if family.name in PAIR_FAMILIES else 1.0) * ARG_COUNT_WEIGHT[len(family.args)]
+def training_weight(family: Family, steps_weight: float = 0.0) -> float:
+    """How often train and valid draw `family`, relative to a one-argument one-step family: a
+    multi-step family is drawn `steps_weight` times as often as a one-step family of its arity."""
+    weight = (PAIR_FAMILY_WEIGHT if family.name in PAIR_FAMILIES else 1.0) * ARG_COUNT_WEIGHT[len(family.args)]
+    return weight * steps_weight if family.name in STEP_FAMILY_NAMES else weight
 
 
-def _generate_split(split: str, size: int, seed: int, held: frozenset, weights: dict, taken: set) -> list[dict]:
+def split_families(split: str, steps_weight: float = 0.0) -> tuple[Family, ...]:
+    """The families a split draws from. The one-step test splits never hold a multi-step family,
+    and train and valid only when they are weighted in (a list with weight-0 members would do,
+    but leaving them out makes it plain that the older splits cannot change)."""
+    if split == "test_compose":
+        return tuple(f for f in ONE_STEP_FAMILIES if f.name in PAIR_FAMILIES)
+    if split == "test_steps":
+        return STEP_FAMILIES
+    if split in ("train", "valid") and steps_weight > 0:
+        return FAMILIES
+    return ONE_STEP_FAMILIES
+
+
+def _generate_split(split: str, size: int, seed: int, held: frozenset, weights: dict, taken: set,
+                    steps_weight: float = 0.0) -> list[dict]:
     rng = random.Random(f"{seed}:{split}")
-    families = [f for f in FAMILIES if split != "test_compose" or f.name in PAIR_FAMILIES]
+    families = split_families(split, steps_weight)
     weighted = split in ("train", "valid")
-    family_weights = [training_weight(f) for f in families]
+    family_weights = [training_weight(f, steps_weight) for f in families]
     kinds, kind_weights = zip(*weights.items())
     records: list[dict] = []
     attempts = 0
@@ -103,7 +134,8 @@ def _generate_split(split: str, size: int, seed: int, held: frozenset, weights: 
         if attempts > 20 * size + 100:
             raise SuiteError(f"could not draw {size} distinct {split} tasks; lower the size or change the seed")
         family = rng.choices(families, family_weights)[0] if weighted else rng.choice(families)
-        templates = family.held_out_templates() if split == "test_phrasing" else family.seen_templates()
+        held_out = split in ("test_phrasing", "test_steps")
+        templates = family.held_out_templates() if held_out else family.seen_templates()
         env = family.consts(rng)
         pair = composition(env)
         if (pair in held) != (split == "test_compose"):
@@ -138,8 +170,9 @@ def _record(instance, kind: str, split: str, task_id: str) -> dict:
 
 def check_suite(suite: dict[str, list[dict]], run: bool = True) -> None:
     """Raise SuiteError unless: splits are disjoint by prompt; test_phrasing uses no training template;
-    test_compose uses no training composition; and (with `run`) every reference solution passes its
-    tests while every buggy variant fails one."""
+    test_compose uses no training composition; test_steps holds only multi-step families, each with
+    a held-out template that train does not use; and (with `run`) every reference solution passes
+    its tests while every buggy variant fails one."""
     missing = set(SPLITS) - set(suite)
     if missing:
         raise SuiteError(f"suite lacks splits {sorted(missing)}; expected {SPLITS}")
@@ -151,6 +184,14 @@ def check_suite(suite: dict[str, list[dict]], run: bool = True) -> None:
                 raise SuiteError(f"{record['task_id']}: the same prompt appears in {previous} and {split}")
     train_templates = {(r["family"], r["template"]) for r in suite["train"]}
     for record in suite["test_phrasing"]:
+        if (record["family"], record["template"]) in train_templates:
+            raise SuiteError(f"{record['task_id']}: template {record['template']} of {record['family']} "
+                             f"is also used in train")
+    for record in suite["test_steps"]:
+        family = FAMILY_BY_NAME.get(record["family"])
+        if record["family"] not in STEP_FAMILY_NAMES or record["template"] not in family.held_out_templates():
+            raise SuiteError(f"{record['task_id']}: {record['family']} with template {record['template']} is not "
+                             f"a multi-step family with a held-out template")
         if (record["family"], record["template"]) in train_templates:
             raise SuiteError(f"{record['task_id']}: template {record['template']} of {record['family']} "
                              f"is also used in train")
