@@ -13,7 +13,7 @@ from hypothesis import given, strategies as st
 from minilm.config import PRESETS, ConfigError, ModelConfig
 from minilm.config_checks import MLPS, NORMS
 from minilm.formats.gpt2 import save_hf_gpt2
-from minilm.generation.decode import sample_next
+from minilm.generation.sampling import sample_next
 from minilm.model.gpt import GPT
 from minilm.model.kv_cache import KVCache
 from minilm.model.layers import apply_rotary, causal_mask, reference_attention, rotary_cos_sin

@@ -80,6 +80,9 @@ def test_an_eval_part_key_leaves_out_only_what_other_parts_read(tmp_path, monkey
     assert reuse_stage.stage_key(tiny(tmp_path, eval_requests=False), "eval") != stage_key
     monkeypatch.setattr("minilm.stages.reuse.requests_fingerprint", lambda: "an edited requests file")
     assert changed(cfg) == ["requests"] and reuse_stage.stage_key(cfg, "eval") != stage_key
+    monkeypatch.undo()
+    monkeypatch.setattr("minilm.stages.reuse.suite_fingerprint", lambda *args: "a new task family")
+    assert changed(cfg) == ["tasks"]  # HumanEval and the requests do not read the suite
 
 
 def test_a_stage_key_follows_the_files_it_builds_on(tmp_path):

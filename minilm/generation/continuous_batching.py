@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from minilm import seeds
-from minilm.generation.decode import sample_next
+from minilm.generation.sampling import sample_next
 from minilm.model.kv_cache import KVCache, shared_prefix_length
 
 

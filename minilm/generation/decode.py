@@ -4,8 +4,8 @@
 
 A step runs the model on the newest token only: its keys and values join a KVCache
 (minilm/model/kv_cache.py), so each new token attends over the stored ones instead of recomputing
-the prompt. sample_next picks the token: greedy at temperature 0, else a draw after top-k / top-p
-filtering. generate_tokens is the streaming form (sample.py prints tokens as they come);
+the prompt. sample_next (minilm/generation/sampling.py) picks the token: greedy at temperature 0,
+else a draw after top-k / top-p filtering. generate_tokens is the streaming form (sample.py prints tokens as they come);
 minilm/generation/continuous_batching.py decodes many prompts as one refilling pool.
 """
 from __future__ import annotations
@@ -14,31 +14,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from minilm.generation.sampling import sample_next
 from minilm.model.kv_cache import KVCache
-
-
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Pick the next token (B,) from logits (B, V): greedy at temperature 0, else sample.
-
-    top_k keeps the k most likely tokens; top_p keeps the smallest set whose probability reaches p
-    (nucleus sampling). Both filters set the dropped logits to -inf before the softmax.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the tokens before it already reach top_p (the first always stays)
-        drop = (probs.cumsum(dim=-1) - probs) >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()

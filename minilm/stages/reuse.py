@@ -130,14 +130,16 @@ EVAL_PART_IGNORES = {
 
 
 def eval_part_key(cfg: RunConfig, model_stage: str, part: str) -> str:
-    """Hash of what one part of the evaluation reads: its eval fields, the model's files, the suite
-    (and the requests file for the requests)."""
+    """Hash of what one part of the evaluation reads: its eval fields, the model's files, and the
+    suite's held-out splits for the tasks part, the requests file for the requests part (a new
+    task family or split re-evaluates the tasks, not HumanEval or the requests)."""
     config, run_dir = to_dict(cfg), Path(cfg.out_dir)
     fields = [name for name in STAGE_FIELDS["eval"] if name not in EVAL_PART_IGNORES[part]]
     inputs = {"part": part, "config": {name: _field(config, name) for name in fields},
               "files": {name: ckpt.file_sha256(run_dir / name) for name in EVAL_PART_INPUTS[model_stage]
-                        if (run_dir / name).is_file()},
-              "suite": suite_fingerprint(cfg.task_seed, cfg.task_train_size, cfg.task_steps_weight)}
+                        if (run_dir / name).is_file()}}
+    if part == "tasks":
+        inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size, cfg.task_steps_weight)
     if part == "requests":
         inputs["requests"] = requests_fingerprint()
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
