@@ -81,8 +81,11 @@ def test_an_eval_part_key_leaves_out_only_what_other_parts_read(tmp_path, monkey
     monkeypatch.setattr("minilm.stages.reuse.requests_fingerprint", lambda: "an edited requests file")
     assert changed(cfg) == ["requests"] and reuse_stage.stage_key(cfg, "eval") != stage_key
     monkeypatch.undo()
-    monkeypatch.setattr("minilm.stages.reuse.suite_fingerprint", lambda *args: "a new task family")
+    monkeypatch.setattr("minilm.stages.reuse.heldout_fingerprint", lambda *args: "a new held-out split")
     assert changed(cfg) == ["tasks"]  # HumanEval and the requests do not read the suite
+    monkeypatch.undo()
+    # another training mix: the base's parts stay (the fine-tuned model's files are what change)
+    assert changed(tiny(tmp_path, task_steps_weight=2.0, task_train_size=123)) == []
 
 
 def test_a_stage_key_follows_the_files_it_builds_on(tmp_path):

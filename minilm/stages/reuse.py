@@ -24,7 +24,7 @@ from minilm import checkpoint as ckpt
 from minilm.config import ConfigError, RunConfig, to_dict
 from minilm.data.mined import source_fingerprint
 from minilm.data.requests import requests_fingerprint
-from minilm.data.tasks import suite_fingerprint
+from minilm.data.tasks import heldout_fingerprint, suite_fingerprint
 from minilm.pretrained import fingerprint, resolve_init
 
 STAGES_FILE, REPORT_NAME = "stages.json", "report"
@@ -132,14 +132,15 @@ EVAL_PART_IGNORES = {
 def eval_part_key(cfg: RunConfig, model_stage: str, part: str) -> str:
     """Hash of what one part of the evaluation reads: its eval fields, the model's files, and the
     suite's held-out splits for the tasks part, the requests file for the requests part (a new
-    task family or split re-evaluates the tasks, not HumanEval or the requests)."""
+    held-out split re-evaluates the tasks, not HumanEval or the requests; a new training mix
+    re-evaluates only the fine-tuned model, whose files change)."""
     config, run_dir = to_dict(cfg), Path(cfg.out_dir)
     fields = [name for name in STAGE_FIELDS["eval"] if name not in EVAL_PART_IGNORES[part]]
     inputs = {"part": part, "config": {name: _field(config, name) for name in fields},
               "files": {name: ckpt.file_sha256(run_dir / name) for name in EVAL_PART_INPUTS[model_stage]
                         if (run_dir / name).is_file()}}
-    if part == "tasks":
-        inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size, cfg.task_steps_weight)
+    if part == "tasks":  # the held-out splits only: a run that trains on other tasks reuses the base's part
+        inputs["suite"] = heldout_fingerprint(cfg.task_seed)
     if part == "requests":
         inputs["requests"] = requests_fingerprint()
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()

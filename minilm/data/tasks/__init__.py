@@ -23,11 +23,11 @@ from .explain import explain_f1
 from .family import FRAMES, SEEN_FRAMES, Family
 from .jsonl import KINDS, TaskFormatError, load_jsonl, save_jsonl, validate_record
 from .suite import (DEFAULT_KIND_WEIGHTS, FAMILIES, FAMILY_BY_NAME, SPLITS, SuiteError, check_record, check_suite,
-                    generate_suite, prompt_key, suite_fingerprint)
+                    generate_suite, heldout_fingerprint, prompt_key, suite_fingerprint)
 
 __all__ = [
     "DEFAULT_KIND_WEIGHTS", "FAMILIES", "FAMILY_BY_NAME", "FRAMES", "Family", "KINDS", "SEEN_FRAMES", "SPLITS",
     "SuiteError", "TaskFormatError", "check_record", "check_suite", "explain_f1", "generate_suite",
-    "held_out_pairs", "load_jsonl", "passes", "plant_bug", "prompt_key", "save_jsonl", "suite_fingerprint",
+    "heldout_fingerprint", "held_out_pairs", "load_jsonl", "passes", "plant_bug", "prompt_key", "save_jsonl", "suite_fingerprint",
     "validate_record",
 ]

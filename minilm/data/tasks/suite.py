@@ -100,6 +100,14 @@ def suite_fingerprint(seed: int = 0, n_train: int = 6000, steps_weight: float = 
     return hashlib.sha256(json.dumps(suite, sort_keys=True).encode()).hexdigest()
 
 
+def heldout_fingerprint(seed: int = 0) -> str:
+    """SHA-256 of the held-out splits alone (test_*): what evaluation reads. They are drawn before
+    train and valid and do not depend on their sizes or weights."""
+    suite = generate_suite(seed=seed, n_train=0, n_valid=0, check=False)
+    return hashlib.sha256(json.dumps({s: suite[s] for s in suite if s.startswith("test")},
+                                     sort_keys=True).encode()).hexdigest()
+
+
 def training_weight(family: Family, steps_weight: float = 0.0) -> float:
     """How often train and valid draw `family`, relative to a one-argument one-step family: a
     multi-step family is drawn `steps_weight` times as often as a one-step family of its arity."""
