@@ -12,7 +12,8 @@ are; minilm dequantises them (minilm.formats.gguf) into the form --weights names
   decode  code tasks of the three test splits in ChatML (minilm.data.sft.ChatFormat), the same
           token ids to both; greedy, up to --max_new_tokens, stopping at <|im_end|>; minilm with
           the KV cache (minilm.generation.decode.generate_tokens), batch 1. Tokens/s counts answer
-          tokens over the whole time (prompt processing included), after one warm-up prompt. It also
+          tokens over the whole time (prompt processing included), after one warm-up prompt, the two
+          interleaved prompt by prompt (a change in the machine's load hits both). It also
           prints how many answers agree token for token (4-bit rounding differs between the two).
   cold    a fresh process each: `sample.py --init smollm2 --task ...` against a llama-cpp-python
           script that loads the same file and answers the same task; wall seconds and peak RSS.
@@ -96,11 +97,15 @@ def decode(args) -> None:
     stop_ids = sft.stop_token_ids(tok)
     ids_list = prompts(tok, args.prompts + 1)
     warm, ids_list = ids_list[:1], ids_list[1:]
+    ours, theirs, t_ours, t_theirs = [], [], 0.0, 0.0
     with torch.no_grad():
         minilm_answers(model, warm, stop_ids, args.max_new_tokens)
         llama_answers(llm, warm, stop_ids, args.max_new_tokens)
-        ours, t_ours = timed(minilm_answers, model, ids_list, stop_ids, args.max_new_tokens)
-    theirs, t_theirs = timed(llama_answers, llm, ids_list, stop_ids, args.max_new_tokens)
+        for ids in ids_list:  # interleaved prompt by prompt, so that a change in load hits both
+            answer, seconds = timed(minilm_answers, model, [ids], stop_ids, args.max_new_tokens)
+            ours, t_ours = ours + answer, t_ours + seconds
+            answer, seconds = timed(llama_answers, llm, [ids], stop_ids, args.max_new_tokens)
+            theirs, t_theirs = theirs + answer, t_theirs + seconds
     n_ours, n_theirs = sum(map(len, ours)), sum(map(len, theirs))
     same = sum(a == b for a, b in zip(ours, theirs))
     print(f"processor: {processor()}; threads {args.threads}; load average {os.getloadavg()[0]:.2f}")
