@@ -130,6 +130,17 @@ def test_the_stage_is_off_at_zero_samples_and_fine_tuning_keys_ignore_its_old_fi
     assert reuse.stage_key(on, "finetune") != before  # on: new answers redo fine-tuning
 
 
+def test_the_shortest_clean_passing_sample_is_kept():
+    fence = "```python\n{}\n```".format
+    one = "def f(x):\n    return x + 1"
+    longer = "def f(x):\n    y = x + 1\n    return y"
+    record = {"completions": [fence(one + "\n" + one), fence(longer), fence(one), fence("def f(x):\n    pass")],
+              "statuses": ["passed", "passed", "passed", "failed"]}
+    assert stage.own_answer(record) == one  # not the repeated function, not the longer one, not the failure
+    record["statuses"] = ["passed", "failed", "failed", "failed"]
+    assert stage.own_answer(record) is None  # the only passing one repeats its function
+
+
 def test_a_torn_last_line_is_ignored(tmp_path):
     path = tmp_path / "answers.jsonl"
     path.write_text(json.dumps({"task_id": "a", "code": "x = 1"}) + "\n" + '{"task_id": "b", "co')

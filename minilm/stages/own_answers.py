@@ -17,6 +17,7 @@ resumes after the last whole line.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 from pathlib import Path
@@ -43,11 +44,23 @@ def sampled_tasks(train: Sequence[dict], n: int) -> list[dict]:
 
 
 def own_answer(record: dict) -> Optional[str]:
-    """The code of a task's first passing sample (what the sandbox ran), or None if none passed."""
-    for completion, status in zip(record["completions"], record["statuses"]):
-        if status == "passed":
-            return extract_code(completion).strip("\n")
-    return None
+    """The code (what the sandbox ran) of a task's shortest passing sample that defines each
+    top-level name once, or None. A base model often repeats its function after the first copy:
+    such an answer passes, but as a target it would teach the repetition."""
+    passing = [extract_code(completion).strip("\n") for completion, status
+               in zip(record["completions"], record["statuses"]) if status == "passed"]
+    clean = [code for code in passing if not _defines_a_name_twice(code)]
+    return min(clean, key=len) if clean else None
+
+
+def _defines_a_name_twice(code: str) -> bool:
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return True
+    names = [node.name for node in tree.body
+             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    return len(names) != len(set(names))
 
 
 def with_own_answers(tasks: Sequence[dict], answers: dict[str, Optional[str]]) -> list[dict]:
