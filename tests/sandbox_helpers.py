@@ -1,5 +1,6 @@
 """What the sandbox tests share: a program to test, ways to find a program's processes, and a
-way around the harness's audit hook. Their fixtures (`isolation`, `private_tempdir`) are in
+way around the harness's audit hook; and run_tests, the in-process runner the task tests check
+references and stubs with. Their fixtures (`isolation`, `private_tempdir`) are in
 conftest.py.
 """
 import os
@@ -41,3 +42,15 @@ except TypeError:  # a Python without the allow_vfork argument
     pid = _posixsubprocess.fork_exec(*args[:-1])
 os.waitpid(pid, 0)
 """
+
+
+def run_tests(code, tests):
+    """An independent runner (not minilm.data.tasks.passes): each assert on its own; True if all pass."""
+    namespace = {}
+    try:
+        exec(code, namespace)
+        for test in tests:
+            exec(test, namespace)
+    except Exception:
+        return False
+    return True

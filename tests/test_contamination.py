@@ -12,8 +12,8 @@ from minilm.data.requests import load_requests
 from minilm.data.tasks import generate_suite
 from minilm.data.tasks.family import instantiate
 from minilm.data.tasks.steps import STEP_FAMILIES
-from minilm.evaluation import humaneval as he
-from minilm.evaluation.contamination import shared_ngrams, shared_ngrams_reference, words, word_ngrams
+from minilm.evaluation.contamination import (evaluated_documents, shared_ngrams, shared_ngrams_reference, words,
+                                             word_ngrams)
 
 N = 10  # words in a row (minilm/evaluation/contamination.py says why not fewer)
 
@@ -41,14 +41,7 @@ def training_suites() -> dict:
 
 @pytest.fixture(scope="module")
 def evaluated() -> dict[str, str]:
-    """{name: text} of everything the eval stage scores that the task suite did not generate."""
-    documents = {}
-    for r in load_requests():
-        documents[f"{r['task_id']} text"], documents[f"{r['task_id']} code"] = r["text"], r["code"]
-    for p in he.load_problems():
-        documents[f"{p['task_id']} prompt"] = p["prompt"]
-        documents[f"{p['task_id']} canonical_solution"] = p["canonical_solution"]
-    return documents
+    return evaluated_documents()
 
 
 def test_a_smaller_train_split_is_a_prefix_of_a_larger_one(training_suites):

@@ -16,6 +16,7 @@ from minilm.data.tasks import SuiteError, check_suite, generate_suite, plant_bug
 from minilm.data.tasks import suite as suite_module
 from minilm.data.tasks.family import instantiate
 from minilm.data.tasks.steps import STEP_FAMILIES, STEP_FAMILY_NAMES
+from sandbox_helpers import run_tests
 from minilm.data.tasks.suite import ONE_STEP_FAMILIES, training_weight
 from minilm.stages.common import task_suite
 from minilm.stages.reuse import stage_key
@@ -29,16 +30,6 @@ STUBS = ("pass", "return {0}", "return None", "return 0", "return []", "return '
          "return max({0})", "return set({0})", "return {0} + {0}")
 
 
-def run_tests(code, tests):
-    """An independent runner (not minilm.data.tasks.passes): each assert on its own; True if all pass."""
-    namespace = {}
-    try:
-        exec(code, namespace)
-        for test in tests:
-            exec(test, namespace)
-    except Exception:
-        return False
-    return True
 
 
 def older_splits_sha(suite) -> str:

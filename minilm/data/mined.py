@@ -34,9 +34,7 @@ from typing import Union
 
 from minilm.data.corpus import find_python_files, is_generated, stable_fraction, stdlib_root
 from minilm.data.mining import MiningCounts, format_counts, mine_module
-from minilm.data.requests import load_requests
-from minilm.evaluation import humaneval
-from minilm.evaluation.contamination import shared_ngrams
+from minilm.evaluation.contamination import evaluated_documents, shared_ngrams
 from minilm.evaluation.execution import run_programs
 
 STDLIB = "stdlib"
@@ -73,17 +71,6 @@ def source_fingerprint(source: str) -> str:
         name = path.name if path in _MINER_CODE else path.relative_to(root).as_posix()
         digest.update(f"{name}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
     return digest.hexdigest()
-
-
-def evaluated_documents() -> dict[str, str]:
-    """{name: text} of everything the eval stage scores that the task suite did not generate."""
-    documents = {}
-    for r in load_requests():
-        documents[f"{r['task_id']} text"], documents[f"{r['task_id']} code"] = r["text"], r["code"]
-    for p in humaneval.load_problems():
-        documents[f"{p['task_id']} prompt"] = p["prompt"]
-        documents[f"{p['task_id']} canonical_solution"] = p["canonical_solution"]
-    return documents
 
 
 @dataclass

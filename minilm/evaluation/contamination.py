@@ -21,6 +21,9 @@ from __future__ import annotations
 import re
 from typing import Iterable, Iterator, Mapping, Sequence
 
+from minilm.data.requests import load_requests
+from minilm.evaluation.humaneval import load_problems
+
 WORD = re.compile(r"\w+")
 
 
@@ -59,3 +62,14 @@ def shared_ngrams_reference(documents: Mapping[str, str], texts: Sequence[str], 
             if any(f" {gram} " in text for text in joined):
                 found.append((name, gram))
     return found
+
+
+def evaluated_documents() -> dict[str, str]:
+    """{name: text} of everything the eval stage scores that the task suite did not generate."""
+    documents = {}
+    for r in load_requests():
+        documents[f"{r['task_id']} text"], documents[f"{r['task_id']} code"] = r["text"], r["code"]
+    for p in load_problems():
+        documents[f"{p['task_id']} prompt"] = p["prompt"]
+        documents[f"{p['task_id']} canonical_solution"] = p["canonical_solution"]
+    return documents
