@@ -125,6 +125,23 @@ def save_weights(path, tensors: dict[str, torch.Tensor], model_config: ModelConf
     metadata.update({k: str(v) for k, v in (extra_metadata or {}).items()})
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        sort_metadata(tmp)
+
+
+def sort_metadata(path) -> None:
+    """Rewrite a .safetensors header with its metadata in key order, in place (same length, same data).
+
+    safetensors writes the metadata in a hash map's order, which changes from process to process:
+    the same weights imported twice got two SHA-256s, and every stage keyed on the file redid its work."""
+    with open(path, "r+b") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:
+            raise CheckpointError(f"{path}: its re-serialised header is {len(text)} bytes, not {length}")
+        f.seek(8)
+        f.write(text.ljust(length, b" "))  # the format pads its header with spaces
 
 
 def read_weights(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

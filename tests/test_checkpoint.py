@@ -303,3 +303,23 @@ def test_train_py_pretrains_resumes_and_reports_bad_checkpoints(tmp_path):
     helped = _train(["--config", "small", "--help"], tmp_path)  # usage, then nothing runs
     assert helped.returncode == 0 and "--resume" in helped.stdout and "smollm2" in helped.stdout
     assert "ft_max_iters" in helped.stdout and not (tmp_path / "runs").exists()
+
+
+SAVE_IN_A_NEW_PROCESS = """
+import sys, torch
+from minilm import checkpoint as ckpt
+from minilm.config import PRESETS
+ckpt.save_weights(sys.argv[1], {"w": torch.arange(6.0), "b": torch.ones(2)}, PRESETS["tiny"].model,
+                  {"tokenizer_sha256": "ab" * 32, "pretrained": "a base, dequantised", "step": 7, "note": "é"})
+"""
+
+
+def test_the_same_weights_saved_by_two_processes_are_the_same_bytes(tmp_path):
+    """safetensors orders metadata by a per-process hash: without sort_metadata the bytes (and the
+    SHA-256 that stage keys read) changed from one import of the same base to the next."""
+    paths = [tmp_path / f"w{i}.safetensors" for i in range(3)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", SAVE_IN_A_NEW_PROCESS, str(path)], check=True)
+    assert len({ckpt.file_sha256(path) for path in paths}) == 1
+    tensors, metadata = ckpt.read_weights(paths[0])
+    assert torch.equal(tensors["w"], torch.arange(6.0)) and metadata["note"] == "é" and metadata["step"] == "7"
