@@ -14,8 +14,9 @@ from minilm.data.tasks import (FAMILIES, KINDS, SPLITS, SuiteError, TaskFormatEr
 from minilm.data.tasks.__main__ import main
 from minilm.data.tasks.compose import ALL_PAIRS, COMPOSE_FAMILIES, EXPRESSIONS, PREDICATES, composition
 from minilm.data.tasks.family import FRAMES, SEEN_FRAMES, TRAIN_ONLY_FRAMES, Raw, instantiate, template_parts
-from sandbox_helpers import run_tests
 from minilm.data.tasks.suite import FAMILY_BY_NAME, ONE_STEP_FAMILIES, training_weight
+
+from sandbox_helpers import run_tests
 
 SMALL = dict(n_train=1200, n_valid=60, n_test=80)
 
