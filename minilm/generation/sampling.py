@@ -52,9 +52,9 @@ def kept_fast(log_probs: torch.Tensor, top_k: Optional[int], top_p: Optional[flo
         if top_k is None or top_k >= len(log_probs):
             return torch.arange(len(log_probs), device=log_probs.device)
     n = min(len(log_probs), max(CANDIDATES, (top_k or 0) + 1))
-    values, ids = torch.topk(log_probs, n)
-    if n == len(log_probs):
+    if n == len(log_probs):  # the candidates would be the whole row
         return kept_reference(log_probs, top_k, top_p)
+    values, ids = torch.topk(log_probs, n)
     # the candidates are the n largest; a token outside them is smaller than (or tied with) the last
     order = torch.argsort(ids)  # candidates by id, then a stable sort by value: ties by id, as the reference
     ids, values = ids[order], values[order]
