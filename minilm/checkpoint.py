@@ -187,15 +187,15 @@ def check_architecture(path, saved: ModelConfig, expected: ModelConfig) -> None:
                               "use the same --config/model options or a fresh --out_dir")
 
 
-def load_weights_into(model: nn.Module, path, tensors: dict[str, torch.Tensor],
-                      names: Optional[set] = None) -> None:
-    """Copy tensors into the model's parameters, checking names and shapes first.
+def _without_wrapper_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Names without torch.compile's "_orig_mod." or DDP's leading "module.", so such keys still load."""
+    return {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in tensors.items()}
 
-    `names`: the parameters the file must provide (default: all of them). A leading "_orig_mod."
-    (torch.compile's wrapper) or "module." (DDP's) is ignored, so such keys still load.
-    """
-    tensors = {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in tensors.items()}
-    params = dict(model.named_parameters())
+
+def check_tensors(path, params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                  names: Optional[set] = None) -> None:
+    """CheckpointError unless the file's tensors are the model's parameters by name and shape.
+    `names`: the parameters the file must provide (default: all of them)."""
     names = set(params) if names is None else set(names)
     missing = sorted(names - set(tensors))
     unexpected = sorted(set(tensors) - set(params))
@@ -207,6 +207,14 @@ def load_weights_into(model: nn.Module, path, tensors: dict[str, torch.Tensor],
         if tensor.shape != params[name].shape:
             raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)} but the model "
                                   f"expects {tuple(params[name].shape)}")
+
+
+def load_weights_into(model: nn.Module, path, tensors: dict[str, torch.Tensor],
+                      names: Optional[set] = None) -> None:
+    """Copy tensors into the model's parameters, checking names and shapes first (check_tensors)."""
+    tensors = _without_wrapper_prefixes(tensors)
+    params = dict(model.named_parameters())
+    check_tensors(path, params, tensors, names)
     with torch.no_grad():
         for name, tensor in tensors.items():
             params[name].copy_(tensor)
@@ -219,9 +227,10 @@ def load_model_file(path, device="cpu", expected: Optional[ModelConfig] = None):
     if expected is not None:
         check_architecture(path, config, expected)
         config = expected
-    model = GPT(config)
-    load_weights_into(model, path, tensors)
-    return model.to(device), metadata
+    model = GPT.skeleton(config)  # the file's tensors become the parameters: no random init, no copy
+    tensors = _without_wrapper_prefixes(tensors)
+    check_tensors(path, dict(model.named_parameters()), tensors)
+    return model.assign_tensors(tensors).to(device), metadata
 
 
 # ---------------------------------------------------------------------------------- resumable state

@@ -204,6 +204,28 @@ def test_compiled_and_ddp_key_prefixes_are_ignored(tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_a_loaded_model_is_the_saved_one_and_trains_without_touching_the_file(tmp_path, tie):
+    # load_model_file assigns the file's tensors to a skeleton (no random init, no copy):
+    # they may map the file, so an update in place must leave the file as it was
+    model = tiny_model(config=replace(CONFIG, tie_embeddings=tie))
+    path = tmp_path / ckpt.MODEL_FILE
+    ckpt.save_weights(path, ckpt.trainable_state(model, False), model.config)
+    before = ckpt.file_sha256(path)
+    loaded, _ = ckpt.load_model_file(path)
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert (loaded.lm_head.weight is loaded.transformer.wte.weight) == tie
+    assert not any(p.is_meta for p in loaded.parameters()) and all(p.requires_grad for p in loaded.parameters())
+    idx = torch.randint(0, CONFIG.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    loaded(idx).logsumexp(-1).mean().backward()
+    with torch.no_grad():
+        for p in loaded.parameters():
+            p.sub_(p.grad)
+    assert ckpt.file_sha256(path) == before
+    assert torch.equal(ckpt.read_weights(path)[0]["transformer.wte.weight"], model.transformer.wte.weight)
+
+
 # ----------------------------------------------------------------------------- finished runs
 @pytest.fixture(scope="module")
 def tokenizer():

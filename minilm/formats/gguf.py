@@ -246,14 +246,7 @@ def load_gguf(source, dtype: torch.dtype = torch.float32):
     reader = open_gguf(source)
     config = _config_from_reader(reader)
     state = state_dict_from_gguf(_dequantised(reader, config), config)
-    with torch.device("meta"):  # shapes only: no memory, no random initialisation to overwrite
-        model = GPT(config)
-    # assign=True makes the file's tensors the parameters themselves; one Parameter per tensor keeps
-    # a tied LM head tied (its state entry is the token embedding's tensor)
-    parameters = {id(t): torch.nn.Parameter(t) for t in state.values()}
-    model.load_state_dict({name: parameters[id(t)] for name, t in state.items()}, assign=True)
-    left = [name for name, t in model.state_dict(keep_vars=True).items() if t.is_meta]
-    assert not left, f"load_gguf left {left} unset; it must assign every tensor of the model"
+    model = GPT.skeleton(config).assign_tensors(state)  # the file's tensors become the parameters
     return model.to(dtype).eval()
 
 

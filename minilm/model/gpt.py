@@ -48,11 +48,14 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, init_weights: bool = True):
         super().__init__()
         self.config = config
+        # a skeleton's embedding skips its own random init: on the meta device normal_ imports
+        # torch._dynamo, 1.5 s of a cold start (nn.Linear's uniform_ does not)
+        table = None if init_weights else torch.empty(config.vocab_size, config.n_embd)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=nn.Embedding(config.vocab_size, config.n_embd, _weight=table),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=make_norm(config),
@@ -62,13 +65,38 @@ class GPT(nn.Module):
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:  # one matrix reads tokens in and writes them out, as GPT-2 and SmolLM2
             self.lm_head.weight = self.transformer.wte.weight
-        # GPT-2's initialisation for every family (a pretrained Llama overwrites it when it loads)
+        if init_weights:
+            self._initialise()
+
+    def _initialise(self):
+        # GPT-2's initialisation for every family (a pretrained Llama loads without it: skeleton)
         self.apply(self._init_weights)
         # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 n_layer),
         # so the stream's variance does not grow with depth (two such writes per block).
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
+
+    @classmethod
+    def skeleton(cls, config: ModelConfig) -> "GPT":
+        """The model's modules with shapes and no memory (parameters on the meta device), for
+        weights read from a file: building GPT(config) for real spends seconds drawing random
+        numbers (2.2 s for SmolLM2 on 2 cores) that loading then overwrites."""
+        with torch.device("meta"):
+            return cls(config, init_weights=False)
+
+    def assign_tensors(self, tensors: dict[str, torch.Tensor]) -> "GPT":
+        """Make these tensors the parameters themselves (no copy), one for every parameter of a
+        `skeleton`; a tied LM head may be left out (it is the token embedding). Returns the model."""
+        if self.config.tie_embeddings and "lm_head.weight" not in tensors:
+            tensors = {**tensors, "lm_head.weight": tensors["transformer.wte.weight"]}
+        # one Parameter per tensor keeps a tied LM head tied (both names hold the same tensor)
+        parameters = {id(t): nn.Parameter(t) for t in tensors.values()}
+        self.load_state_dict({name: parameters[id(t)] for name, t in tensors.items()}, assign=True)
+        left = [name for name, t in self.state_dict(keep_vars=True).items() if t.is_meta]
+        if left:
+            raise ValueError(f"assign_tensors left {left[:3]} on the meta device; give every parameter")
+        return self
 
     @staticmethod
     def _init_weights(module):
