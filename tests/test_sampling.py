@@ -68,3 +68,17 @@ def test_a_row_s_token_does_not_depend_on_the_other_rows():
     assert together.tolist() == [int(t) for t in alone]
     assert torch.equal(sample_next(logits, 0.7, top_p=0.95, generator=torch.Generator().manual_seed(3), reference=True),
                        together)
+
+
+def test_a_nucleus_that_ends_within_rounding_of_top_p_is_cut_alike():
+    # found by the property above when run alone: the reference renormalised the whole row with a
+    # softmax, the fast path used the row's own probabilities, and at top_p 0.999999 their sums
+    # rounded to opposite sides of it (the reference kept token 4, the fast path did not)
+    row = torch.tensor([-4.5768, -2.2507, -1.9619, -4.8285, 2.5971, 0.7332, -1.9887, 2.4219, 1.3174, 3.5136,
+                        5.3023, -0.2861, 0.1835, -1.8532, -2.3942, -0.3949, -2.3953, 1.0072, 0.8260, 5.1489])
+    sampling.CANDIDATES, saved = 4, sampling.CANDIDATES
+    try:
+        log_probs = row_log_probs(row, 0.2)
+        assert torch.equal(kept_fast(log_probs, None, 0.999999), kept_reference(log_probs, None, 0.999999))
+    finally:
+        sampling.CANDIDATES = saved

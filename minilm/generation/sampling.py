@@ -40,7 +40,9 @@ def kept_reference(log_probs: torch.Tensor, top_k: Optional[int], top_p: Optiona
     if top_k is not None and top_k < len(order):
         kept = order[log_probs[order] >= log_probs[order[top_k - 1]]]  # ties with the k-th stay
     if top_p is not None and top_p < 1.0:
-        probs = torch.softmax(log_probs[kept], dim=-1)  # renormalised within top-k
+        # renormalised within top-k; without top-k the row's own probabilities (already normalised:
+        # a softmax would round them differently from kept_fast's, which sees a few of them only)
+        probs = torch.softmax(log_probs[kept], dim=-1) if top_k is not None and top_k < len(order) else log_probs[kept].exp()
         before = probs.cumsum(dim=-1) - probs  # probability of the tokens ahead of each
         kept = kept[before < top_p]
     return kept.sort().values
@@ -68,13 +70,12 @@ def kept_fast(log_probs: torch.Tensor, top_k: Optional[int], top_p: Optional[flo
             return kept_reference(log_probs, top_k, top_p)
         kept_ids, kept_values = ids[kept], values[kept]
     if top_p is not None and top_p < 1.0:
-        if top_k is None:  # the renormalisation runs over the whole row: softmax needs its total
-            probs = kept_values.exp()
-        else:
-            probs = torch.softmax(kept_values, dim=-1)
+        whole_row = top_k is None or top_k >= len(log_probs)
+        # the row's own probabilities, or renormalised within top-k: the reference's numbers exactly
+        probs = kept_values.exp() if whole_row else torch.softmax(kept_values, dim=-1)
         before = probs.cumsum(dim=-1) - probs
         inside = before < top_p
-        if top_k is None and (inside.all() or kept_values[inside][-1] == boundary):
+        if whole_row and (inside.all() or kept_values[inside][-1] == boundary):
             return kept_reference(log_probs, top_k, top_p)  # the nucleus may reach past the candidates
         kept_ids = kept_ids[inside]
     return kept_ids.sort().values
