@@ -15,7 +15,7 @@ out, so a run's config.json says what it ran): `check_model_config` refuses a mi
 that names each differing field and the override that fixes it. Only the context may be shorter
 than the base's (the same weights, fewer positions).
 
-A GGUF base is converted once per machine (minilm/base_cache.py): later loads read the cached
+A GGUF base is converted once per machine (minilm/cache.py): later loads read the cached
 fp32 safetensors and tokenizer file instead of parsing and dequantising the GGUF again, where most
 of `sample.py --init smollm2`'s start-up went (docs/experiments.md, "Cold start").
 """
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from minilm import base_cache
+from minilm import cache
 from minilm.checkpoint import file_sha256
 from minilm.config import ConfigError, ModelConfig
 from minilm.formats.gguf import default_gguf_path, load_gguf, open_gguf, read_gguf_config
@@ -116,7 +116,7 @@ def load_base_model(base: Base, run: Optional[ModelConfig] = None):
     if run is not None:
         check_model_config(base, run)
     if base.kind == "gguf":
-        model = _from_cache(base, base_cache.Entry.load_model,
+        model = _from_cache(base, cache.Entry.load_model,
                             lambda: _failing_as_config_error(base, "weights", lambda: load_gguf(_gguf_reader(base.path))))
     else:
         model = _failing_as_config_error(base, "weights", lambda: load_hf_llama(base.path))
@@ -126,7 +126,7 @@ def load_base_model(base: Base, run: Optional[ModelConfig] = None):
 def load_base_tokenizer(base: Base):
     """The base's own tokenizer: from the GGUF metadata, or the directory's tokenizer.json."""
     if base.kind == "gguf":
-        return _from_cache(base, base_cache.Entry.load_tokenizer, lambda: _failing_as_config_error(
+        return _from_cache(base, cache.Entry.load_tokenizer, lambda: _failing_as_config_error(
             base, "tokenizer", lambda: tokenizer_from_gguf(_gguf_reader(base.path))))
     return _failing_as_config_error(base, "tokenizer", lambda: Tokenizer.from_hf(base.path / "tokenizer.json"))
 
@@ -163,24 +163,24 @@ def fingerprint(base: Base) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- the converted GGUF, cached
-def _cache_entry(base: Base) -> Optional[base_cache.Entry]:
-    """The GGUF's conversion in the cache (minilm/base_cache.py), made from the file on first use;
+def _cache_entry(base: Base) -> Optional[cache.Entry]:
+    """The GGUF's conversion in the cache (minilm/cache.py), made from the file on first use;
     None when the cache is off or cannot be written (the callers then read the GGUF itself)."""
     stat = base.path.stat()
-    return _converted(base, stat.st_size, stat.st_mtime_ns, base_cache.cache_root())
+    return _converted(base, stat.st_size, stat.st_mtime_ns, cache.cache_root())
 
 
 @functools.lru_cache(maxsize=4)
-def _converted(base: Base, size: int, mtime_ns: int, root: Optional[Path]) -> Optional[base_cache.Entry]:
+def _converted(base: Base, size: int, mtime_ns: int, root: Optional[Path]) -> Optional[cache.Entry]:
     """_cache_entry, once per process, file version and cache (an unwritable cache converts once)."""
-    entry = base_cache.read_entry(base.path)
+    entry = cache.read_entry(base.path)
     if entry is None and root is not None:
         try:
             reader = _gguf_reader(base.path)
             model, tok, description = load_gguf(reader), tokenizer_from_gguf(reader), _describe_gguf(base)
         except (ValueError, KeyError, OSError):
             return None  # not a whole base (no tokenizer, an unknown type): the callers say what is wrong
-        entry = base_cache.write_entry(base.path, model, tok, description)
+        entry = cache.write_entry(base.path, model, tok, description)
     return entry
 
 
@@ -195,6 +195,6 @@ def _from_cache(base: Base, load_from_entry, load_from_gguf):
         try:
             return load_from_entry(entry)
         except (ValueError, OSError):  # CheckpointError and TokenizerFileError are ValueErrors
-            base_cache.remove_entry(entry)
+            cache.remove_entry(entry)
             _converted.cache_clear()
     return load_from_gguf()

@@ -27,10 +27,22 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _base_cache(tmp_path_factory):
-    """Bases converted by the tests (minilm/base_cache.py) go to the session's own folder, never
-    to the user's ~/.cache; subprocesses inherit it, so SmolLM2 is converted once per session."""
-    os.environ["MINILM_CACHE"] = str(tmp_path_factory.mktemp("minilm_cache"))
+def _session_cache(tmp_path_factory):
+    """minilm's cache (minilm/cache.py) in the session's own folder, never the user's ~/.cache;
+    subprocesses inherit it. Module-scoped fixtures run under this one."""
+    root = tmp_path_factory.mktemp("minilm_cache")
+    os.environ["MINILM_CACHE"] = str(root)
+    (root / "bases").mkdir()
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _test_cache(_session_cache, tmp_path_factory, monkeypatch):
+    """Each test a cache of its own, so that no test reuses an evaluation another one made (what it
+    logs and times stays its own), all sharing the session's converted bases (SmolLM2 once)."""
+    root = tmp_path_factory.mktemp("minilm_cache")
+    (root / "bases").symlink_to(_session_cache / "bases", target_is_directory=True)
+    monkeypatch.setenv("MINILM_CACHE", str(root))
 
 
 @pytest.fixture(scope="session")

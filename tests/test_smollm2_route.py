@@ -175,20 +175,43 @@ def test_a_second_run_with_nothing_changed_reuses_every_stage(finished_run):
     assert (out / "report.json").read_bytes() == report
 
 
+def train_log(argv) -> str:
+    """What train.py prints for these options (it must succeed)."""
+    lines = []
+    train = script("train")
+    train.print = lambda *args, **kwargs: lines.append(" ".join(map(str, args)))
+    assert train.main(argv) == 0, lines
+    return "\n".join(lines)
+
+
+def test_another_run_of_the_same_models_reuses_this_machines_evaluations(finished_run, tiny_gguf, tmp_path):
+    """Evaluations are kept per machine (minilm/cache.py): a run in another folder whose models,
+    settings and code are the same evaluates nothing and reports the same; --force evaluates again."""
+    _, out, _ = finished_run
+    parts = ("pretrain", "requests_pretrain", "humaneval_pretrain", "humaneval_sampled_pretrain",
+             "finetune", "requests_finetune", "humaneval_finetune", "humaneval_sampled_finetune")
+    logs, reports = {}, {}
+    for name in ("first", "second"):
+        shutil.copytree(out, tmp_path / name)
+        shutil.rmtree(tmp_path / name / "eval")
+        (tmp_path / name / "report.json").unlink()
+        logs[name] = train_log(run_options(tiny_gguf, tmp_path / name) + ["--stage", "eval"])
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    assert "reusing" not in logs["first"]  # this test's cache starts empty
+    for part in parts:
+        assert f"reusing {part} from" in logs["second"], logs["second"]
+    assert "answers generated" not in logs["second"]
+    assert {k: v for k, v in reports["first"].items() if k not in ("run_dir", "stage_seconds")} == \
+        {k: v for k, v in reports["second"].items() if k not in ("run_dir", "stage_seconds")}
+    assert "reusing" not in train_log(run_options(tiny_gguf, tmp_path / "second") + ["--stage", "eval", "--force"])
+
+
 def test_a_new_fine_tuning_reevaluates_only_the_fine_tuned_model(finished_run, tiny_gguf, tmp_path):
     """The eval stage's parts are keyed by what they read: more fine-tuning steps leave the base's
     "before" results valid (reused), an evaluation with --force redoes every part."""
     _, out, _ = finished_run
     shutil.copytree(out, tmp_path / "run")
     argv = run_options(tiny_gguf, tmp_path / "run") + ["--ft_max_iters", "3"]
-
-    def train_log(argv):
-        lines = []
-        train = script("train")
-        train.print = lambda *args, **kwargs: lines.append(" ".join(map(str, args)))
-        assert train.main(argv) == 0, lines
-        return "\n".join(lines)
-
     log = train_log(argv)
     assert "finetune done: 3 steps" in log
     for name in ("pretrain", "requests_pretrain", "humaneval_pretrain", "humaneval_sampled_pretrain"):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from minilm import cache
 from minilm import checkpoint as ckpt
 from minilm.config import RunConfig, to_dict
 from minilm.data.requests import SPLIT as REQUESTS, load_requests
@@ -79,11 +80,17 @@ def run_eval(cfg: RunConfig, log=print, reuse: bool = True) -> dict:
             file = stage if name == "tasks" else f"{name}_{stage}"
             key = eval_part_key(cfg, stage, name)
             report = saved_part(run_dir / "eval" / f"{file}.json", key) if reuse else None
+            shared = cache.evaluation_path(key)  # the same part, evaluated by another run on this machine
             if report is not None:
                 log(f"eval: {stage}: reusing eval/{file}.json (same model and settings; --force redoes it)")
+            elif reuse and shared is not None and (report := saved_part(shared, key)) is not None:
+                log(f"eval: {stage}: reusing {file} from {shared.parent} (the same model, settings and code "
+                    "evaluated by another run on this machine; --force redoes it)")
+                write_report(report, run_dir / "eval", file)
             else:
-                report = evaluate(*model_and_tokenizer())
-                write_report({**report, "inputs_key": key}, run_dir / "eval", file)
+                report = {**evaluate(*model_and_tokenizer()), "inputs_key": key}
+                write_report(report, run_dir / "eval", file)
+                cache.store_evaluation(key, report)
             parts[name, stage] = report
             return report
 
