@@ -148,7 +148,7 @@ def median_run(argv: list[str], env: dict, repeats: int) -> tuple[float, float, 
 
 def cold(args) -> None:
     """Files in the page cache for both (a warm-up start each, untimed); minilm's first start on a
-    machine converts the GGUF into its cache (minilm/base_cache.py), timed once in a fresh cache
+    machine converts the GGUF into its cache (minilm/cache.py), timed once in a fresh cache
     folder; the later starts read the cache: the median of --repeats each."""
     path = str(resolve_init("smollm2").path)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
