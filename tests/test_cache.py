@@ -40,7 +40,7 @@ def write_base(path, tok, seed=0, with_tokenizer=True):
 def new_process():
     """Forget what this process memoised, as a new process would."""
     pretrained._converted.cache_clear()
-    pretrained._gguf_reader.cache_clear()
+    pretrained._open_reader.cache_clear()
 
 
 def load(base):
@@ -143,3 +143,26 @@ def test_the_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("MINILM_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache.cache_root() == tmp_path / "xdg" / "minilm"
+
+
+def test_a_new_converter_converts_again(tok, tmp_path, cache_dir, monkeypatch):
+    base = write_base(tmp_path / "base.gguf", tok)
+    expected = load(base)
+    first = entries(cache_dir)
+    monkeypatch.setattr(cache, "_converter_version", lambda: "a fixed reader")
+    assert_same(load(base), expected)
+    assert len(entries(cache_dir)) == 1 and entries(cache_dir) != first  # converted anew, the old entry gone
+
+
+def test_a_full_disk_while_writing_the_cache_only_costs_time(tok, tmp_path, cache_dir, monkeypatch):
+    from safetensors import SafetensorError
+
+    def full(*_, **__):
+        raise SafetensorError("No space left on device (os error 28)")  # how safetensors reports it
+    base = write_base(tmp_path / "base.gguf", tok)
+    monkeypatch.setenv("MINILM_CACHE", "off")
+    expected = load(base)
+    monkeypatch.setenv("MINILM_CACHE", str(cache_dir))
+    monkeypatch.setattr(cache, "save_weights", full)
+    assert_same(load(base), expected)
+    assert entries(cache_dir) == []

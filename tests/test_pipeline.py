@@ -86,6 +86,9 @@ def test_an_eval_part_key_leaves_out_only_what_other_parts_read(tmp_path, monkey
     monkeypatch.undo()
     # another training mix: the base's parts stay (the fine-tuned model's files are what change)
     assert changed(tiny(tmp_path, task_steps_weight=2.0, task_train_size=123)) == []
+    # the samples are drawn from the run's seed: an imported base's files do not change with it
+    # (a run with another seed reused the first seed's sampled HumanEval of the base)
+    assert changed(tiny(tmp_path, seed=cfg.seed + 1)) == ["humaneval_sampled"]
 
 
 def test_a_stage_key_follows_the_files_it_builds_on(tmp_path):

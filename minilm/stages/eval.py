@@ -59,7 +59,7 @@ def run_eval(cfg: RunConfig, log=print, reuse: bool = True) -> dict:
 
     A part saved by an earlier evaluation of the same model with the same settings is reused
     unless reuse is False (see eval_part_key)."""
-    device, _ = runtime_for(cfg)
+    device, dtype = runtime_for(cfg)
     run_dir = Path(cfg.out_dir)
     tasks = eval_tasks(cfg)
     requests = request_tasks(cfg) if cfg.eval_requests else []
@@ -80,7 +80,8 @@ def run_eval(cfg: RunConfig, log=print, reuse: bool = True) -> dict:
             file = stage if name == "tasks" else f"{name}_{stage}"
             key = eval_part_key(cfg, stage, name)
             report = saved_part(run_dir / "eval" / f"{file}.json", key) if reuse else None
-            shared = cache.evaluation_path(key)  # the same part, evaluated by another run on this machine
+            # the same part, evaluated by another run on this machine with the same device and dtype
+            shared = cache.evaluation_path(f"{key} {device} {dtype}")
             if report is not None:
                 log(f"eval: {stage}: reusing eval/{file}.json (same model and settings; --force redoes it)")
             elif reuse and shared is not None and (report := saved_part(shared, key)) is not None:
@@ -90,7 +91,7 @@ def run_eval(cfg: RunConfig, log=print, reuse: bool = True) -> dict:
             else:
                 report = {**evaluate(*model_and_tokenizer()), "inputs_key": key}
                 write_report(report, run_dir / "eval", file)
-                cache.store_evaluation(key, report)
+                cache.store_evaluation(f"{key} {device} {dtype}", report)
             parts[name, stage] = report
             return report
 

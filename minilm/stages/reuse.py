@@ -143,6 +143,8 @@ def eval_part_key(cfg: RunConfig, model_stage: str, part: str) -> str:
         inputs["suite"] = heldout_fingerprint(cfg.task_seed)
     if part == "requests":
         inputs["requests"] = requests_fingerprint()
+    if part == "humaneval_sampled":  # the draws come from the run's seed (greedy parts draw nothing)
+        inputs["seed"] = cfg.seed
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
