@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,16 +37,10 @@ sys.path.insert(0, str(ROOT))
 from minilm.data import sft  # noqa: E402
 from minilm.data.tasks import generate_suite  # noqa: E402
 from minilm.generation.decode import generate  # noqa: E402
+from minilm.runtime import machine_summary  # noqa: E402
 from minilm.pretrained import load_base_model, load_base_tokenizer, resolve_init  # noqa: E402
 
 TASK = "Write a function add(a, b) that returns the sum of a and b."
-
-
-def processor() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def prompts(tok, n: int) -> list[list[int]]:
@@ -108,7 +101,7 @@ def decode(args) -> None:
             theirs, t_theirs = theirs + answer, t_theirs + seconds
     n_ours, n_theirs = sum(map(len, ours)), sum(map(len, theirs))
     same = sum(a == b for a, b in zip(ours, theirs))
-    print(f"processor: {processor()}; threads {args.threads}; load average {os.getloadavg()[0]:.2f}")
+    print(f"{machine_summary()}; load average {os.getloadavg()[0]:.2f}")
     print(f"{len(ids_list)} prompts ({sum(map(len, ids_list))} prompt tokens), greedy, batch 1, "
           f"up to {args.max_new_tokens} new tokens")
     print(f"  llama.cpp (Q4_1 as stored): {n_theirs} answer tokens in {t_theirs:.1f} s = {n_theirs / t_theirs:.1f} tokens/s")
@@ -160,7 +153,7 @@ def cold(args) -> None:
         first = run_cold(ours, fresh)
         theirs = median_run(llama, env, args.repeats)
         later = median_run(ours, fresh, args.repeats)
-    print(f"processor: {processor()}; threads {args.threads}; load average {os.getloadavg()[0]:.2f}")
+    print(f"{machine_summary()}; each fresh process {args.threads} threads; load average {os.getloadavg()[0]:.2f}")
     print(f"one short answer from a cold start (median of {args.repeats}): {TASK!r}")
     print(f"  llama.cpp: {theirs[0]:.2f} s, peak RSS {theirs[1]:.0f} MB")
     print(f"  minilm sample.py, converted base cached: {later[0]:.2f} s, peak RSS {later[1]:.0f} MB")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,17 +34,11 @@ from minilm.config import ModelConfig  # noqa: E402
 from minilm.loss import head_sequence_nll  # noqa: E402
 from minilm.model.gpt import GPT  # noqa: E402
 from minilm.model.linear import linear_backend, reference_path  # noqa: E402
+from minilm.runtime import machine_summary  # noqa: E402
 from minilm.training.optim import make_optimizer  # noqa: E402
 
 SHAPES = {"6x384": (6, 384, 6, 256, 16), "4x128": (4, 128, 4, 128, 12)}  # layers, width, heads, T, B
 LR, BETAS, WEIGHT_DECAY, CLIP = 6e-4, (0.9, 0.95), 0.1, 1.0
-
-
-def processor() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def load_nanogpt(path: str):
@@ -128,8 +121,7 @@ def main() -> None:
                          "and give the path of its model.py")
     torch.set_num_threads(args.threads)
     nanogpt = load_nanogpt(args.nanogpt)
-    print(f"processor: {processor()}; threads {args.threads}; torch {torch.__version__}; our linear backend "
-          f"{linear_backend()}; load average {os.getloadavg()[0]:.2f}")
+    print(f"{machine_summary()}; our linear backend {linear_backend()}; load average {os.getloadavg()[0]:.2f}")
     for name in args.shapes.split(","):
         bench_shape(nanogpt, name, args.steps, args.warmup, args.vocab)
 

@@ -32,7 +32,6 @@ import functools
 import hashlib
 import importlib.metadata
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from safetensors import SafetensorError
 from minilm.checkpoint import (MODEL_FILE, TOKENIZER_FILE, CheckpointError, load_model_file, model_config_of,
                                read_weights, save_weights, trainable_state, write_json_atomic)
 from minilm.config import ModelConfig
+from minilm.runtime import cpu_model_name
 from minilm.tokenizer.tokenizer import Tokenizer
 
 FORMAT = "v1"  # bump when what an entry holds changes: older entries are then never read
@@ -93,12 +93,18 @@ def _converter_version() -> str:
     """The code a conversion's result depends on: a fix to the reader, the tokenizer or the weight
     names makes a new entry (as a bump of FORMAT would, without anyone having to remember it)."""
     package = Path(__file__).resolve().parent
-    files = sorted([*package.glob("formats/*.py"), *package.glob("tokenizer/*.py"), package / "model" / "gpt.py",
-                    package / "checkpoint.py"])
+    files = [*package.glob("formats/*.py"), *package.glob("tokenizer/*.py"), package / "model" / "gpt.py",
+             package / "checkpoint.py"]
+    return f"{_source_digest(files)} gguf {_version('gguf')} safetensors {_version('safetensors')}"
+
+
+def _source_digest(files) -> str:
+    """SHA-256 over the package's source files given (their paths and contents, in path order)."""
+    package = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return f"{digest.hexdigest()} gguf {_version('gguf')} safetensors {_version('safetensors')}"
+    for path in sorted(files):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _version(distribution: str) -> str:
@@ -171,21 +177,9 @@ def remove_entry(entry: Entry) -> None:
 def _code_and_machine() -> str:
     """What a result can depend on besides its inputs: every source file of the package, the
     processor, torch's version and its threads (fp32 sums may round differently across them)."""
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
-               platform.processor())
-    return (f"{digest.hexdigest()} {cpu} torch {torch.__version__} threads {torch.get_num_threads()} "
+    source = _source_digest(Path(__file__).resolve().parent.rglob("*.py"))
+    return (f"{source} {cpu_model_name()} torch {torch.__version__} threads {torch.get_num_threads()} "
             f"python {sys.version}")
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
 
 
 def evaluation_path(part_key: str) -> Optional[Path]:

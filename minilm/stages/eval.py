@@ -81,7 +81,8 @@ def run_eval(cfg: RunConfig, log=print, reuse: bool = True) -> dict:
             key = eval_part_key(cfg, stage, name)
             report = saved_part(run_dir / "eval" / f"{file}.json", key) if reuse else None
             # the same part, evaluated by another run on this machine with the same device and dtype
-            shared = cache.evaluation_path(f"{key} {device} {dtype}")
+            shared_key = f"{key} {device} {dtype}"
+            shared = cache.evaluation_path(shared_key)
             if report is not None:
                 log(f"eval: {stage}: reusing eval/{file}.json (same model and settings; --force redoes it)")
             elif reuse and shared is not None and (report := saved_part(shared, key)) is not None:
@@ -91,7 +92,7 @@ def run_eval(cfg: RunConfig, log=print, reuse: bool = True) -> dict:
             else:
                 report = {**evaluate(*model_and_tokenizer()), "inputs_key": key}
                 write_report(report, run_dir / "eval", file)
-                cache.store_evaluation(f"{key} {device} {dtype}", report)
+                cache.store_evaluation(shared_key, report)
             parts[name, stage] = report
             return report
 
