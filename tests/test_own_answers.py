@@ -14,6 +14,7 @@ from minilm.checkpoint import save_weights, trainable_state
 from minilm.config import PRESETS, ModelConfig
 from minilm.data import sft
 from minilm.data.tasks import generate_suite
+from minilm.data.tasks.steps import STEP_FAMILY_NAMES
 from minilm.evaluation import evaluate
 from minilm.model.gpt import GPT
 from minilm.stages import own_answers as stage
@@ -145,3 +146,12 @@ def test_a_torn_last_line_is_ignored(tmp_path):
     path = tmp_path / "answers.jsonl"
     path.write_text(json.dumps({"task_id": "a", "code": "x = 1"}) + "\n" + '{"task_id": "b", "co')
     assert stage.read_answers(path) == {"a": "x = 1"}
+
+
+def test_steps_only_samples_the_first_multi_step_tasks_and_nothing_else():
+    train = generate_suite(seed=0, n_train=200, n_valid=0, n_test=1, steps_weight=1.0)["train"]
+    every = stage.sampled_tasks(train, len(train))
+    steps = stage.sampled_tasks(train, 12, steps_only=True)
+    assert len(steps) == 12 and all(t["family"] in STEP_FAMILY_NAMES for t in steps)
+    assert steps == [t for t in every if t["family"] in STEP_FAMILY_NAMES][:12]  # in the train split's order
+    assert any(t["family"] not in STEP_FAMILY_NAMES for t in every[:12])  # the filter removed some

@@ -14,7 +14,7 @@ from minilm.config import PRESETS, ConfigError
 from minilm.data.sft import Examples, mix_examples
 from minilm.data.tokens import tokenizer_fingerprint
 from minilm.model.gpt import GPT
-from minilm.stages import reuse
+from minilm.stages import report as report_stage, reuse
 from minilm.stages.finetune import MINED_FILE, run_finetune
 from minilm.stages.tokenizer import ensure_tokenizer
 
@@ -94,3 +94,10 @@ def test_finetuning_on_a_folder_logs_and_records_what_was_mined(tmp_path):
     assert "drawn as 50% of the examples" in log
     record = json.loads((Path(cfg.out_dir) / "finetune" / MINED_FILE).read_text())
     assert record["counts"]["functions"] == 2 and record["counts"]["verified"] == 1
+    notes = report_stage.training_data_notes(cfg)  # the run's report says it too
+    assert notes["mined"] == record
+    line = f"- fine-tuned also on functions mined from {cfg.sft_source}: {record['summary']}"
+    assert line in report_stage.report_markdown({
+        "run_dir": "r", "device": "cpu", "model_config": {}, "pretrained": "a base", "stage_seconds": {},
+        "results": {}, **notes}).splitlines()
+    assert "mined" not in report_stage.training_data_notes(dataclasses.replace(cfg, sft_source=""))

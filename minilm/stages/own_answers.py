@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 
 from minilm import checkpoint as ckpt, seeds
 from minilm.config import ConfigError, RunConfig
+from minilm.data.tasks.steps import STEP_FAMILY_NAMES
 from minilm.evaluation.evaluate import evaluate_model
 from minilm.evaluation.metrics import CODE_KINDS
 from minilm.generation.completions import extract_code, progress_logger
@@ -38,9 +39,11 @@ ANSWERS_FILE, SUMMARY_FILE, KEY_FILE = "answers.jsonl", "summary.json", "inputs_
 CHUNK = 64  # tasks sampled between two appends to the partial file (what an interruption can lose)
 
 
-def sampled_tasks(train: Sequence[dict], n: int) -> list[dict]:
-    """The first n tasks of the train split that are judged by tests (generate and repair)."""
-    return [task for task in train if task.get("kind", "generate") in CODE_KINDS and task.get("test_list")][:n]
+def sampled_tasks(train: Sequence[dict], n: int, steps_only: bool = False) -> list[dict]:
+    """The first n tasks of the train split that are judged by tests (generate and repair), only
+    the multi-step families' with steps_only."""
+    return [task for task in train if task.get("kind", "generate") in CODE_KINDS and task.get("test_list")
+            and (not steps_only or task.get("family") in STEP_FAMILY_NAMES)][:n]
 
 
 def own_answer(record: dict) -> Optional[str]:
@@ -109,7 +112,7 @@ def run_own_answers(cfg: RunConfig, resume: bool = True, log=print) -> Optional[
         return None
     device, _ = runtime_for(cfg)
     run_dir = Path(cfg.out_dir)
-    tasks = sampled_tasks(task_suite(cfg)["train"], cfg.own_answers_tasks)
+    tasks = sampled_tasks(task_suite(cfg)["train"], cfg.own_answers_tasks, cfg.own_answers_steps_only)
     work = partial_dir(run_dir / STAGE)
     work.mkdir(parents=True, exist_ok=True)
     answers_path = work / ANSWERS_FILE

@@ -9,6 +9,7 @@ from pathlib import Path
 from minilm import checkpoint as ckpt
 from minilm.config import RunConfig
 from minilm.plot import plot_run
+from minilm.stages.finetune import MINED_FILE
 from minilm.stages.reuse import REPORT_NAME, read_stages
 
 
@@ -45,7 +46,9 @@ def report_markdown(report: dict) -> str:
              + f" (total {sum(report['stage_seconds'].values()):.0f} s)",
              *([f"- own answers: {own['with_own_answer']} of {own['tasks']} sampled training tasks "
                 f"({own['samples_per_task']} samples each) target a passing answer of the base's own"]
-               if (own := report.get("own_answers")) else []), "",
+               if (own := report.get("own_answers")) else []),
+             *([f"- fine-tuned also on functions mined from {mined['source']}: {mined['summary']}"]
+               if (mined := report.get("mined")) else []), "",
              "| split | kind | tasks | before fine-tuning [95% CI] | after fine-tuning [95% CI] | flips (+ / -) "
              "| p | verdict |", "|---|---|---|---|---|---|---|---|"]
     rows = []
@@ -77,6 +80,19 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def training_data_notes(cfg: RunConfig) -> dict:
+    """What the stages before fine-tuning added to its data: how many tasks got an own answer
+    (own_answers/summary.json) and what --sft_source mined (finetune/mined.json), when on."""
+    run_dir, notes = Path(cfg.out_dir), {}
+    own, mined = run_dir / "own_answers" / "summary.json", run_dir / "finetune" / MINED_FILE
+    if cfg.own_answers_samples and own.is_file():
+        notes["own_answers"] = {key: value for key, value in json.loads(own.read_text()).items()
+                                if key != "by_family"}
+    if cfg.sft_source and mined.is_file():
+        notes["mined"] = json.loads(mined.read_text())
+    return notes
+
+
 def write_run_report(cfg: RunConfig, report: dict, eval_seconds: float, log=print) -> None:
     """report.json / report.md with every stage's wall time, then print the table and examples."""
     run_dir = Path(cfg.out_dir)
@@ -84,10 +100,7 @@ def write_run_report(cfg: RunConfig, report: dict, eval_seconds: float, log=prin
     stages = ("tokenizer", "pretrain", *(("own_answers",) if cfg.own_answers_samples else ()), "finetune")
     report["stage_seconds"] = {name: seconds[name] for name in stages if name in seconds} | {
         "eval": round(eval_seconds, 2)}
-    own = run_dir / "own_answers" / "summary.json"
-    if cfg.own_answers_samples and own.is_file():
-        report["own_answers"] = {key: value for key, value in json.loads(own.read_text()).items()
-                                 if key != "by_family"}
+    report.update(training_data_notes(cfg))
     ckpt.write_json_atomic(run_dir / f"{REPORT_NAME}.json", report)
     ckpt.write_text_atomic(run_dir / f"{REPORT_NAME}.md", report_markdown(report))
     log("")

@@ -44,7 +44,7 @@ STAGE_FIELDS = {
                  "lora_dropout", "lora_targets", "lora_dora", "loraplus_ratio", "top_k_layers", "weight_decay",
                  "beta1", "beta2", "grad_clip", "patience", "sft_source", "sft_mined_fraction"),
     "own_answers": ("task_seed", "seed", "dtype", "eval_max_new_tokens", "eval_batch_size", "own_answers_samples",
-                    "own_answers_tasks", "own_answers_temperature"),
+                    "own_answers_tasks", "own_answers_temperature", "own_answers_steps_only"),
     "eval": ("task_seed", "eval_max_new_tokens", "eval_tasks_per_split", "eval_batch_size",
              "eval_teacher_forcing", "eval_humaneval", "eval_humaneval_problems", "eval_humaneval_max_new_tokens",
              "eval_humaneval_samples", "eval_requests"),
