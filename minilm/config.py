@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from pathlib import Path
 from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
@@ -127,6 +128,7 @@ class RunConfig:
     own_answers_tasks: int = 500
     own_answers_temperature: float = 0.7
     own_answers_steps_only: bool = False  # sample only the multi-step families' tasks (the one-step ones teach nothing new)
+    own_answers_from: str = ""  # another finished run whose fine-tuned model samples instead of the base (STaR's next round)
     loraplus_ratio: float = 1.0  # LoRA+: lr of the B matrices / lr of A (1 = plain LoRA)
     lora_r: int = 8
     lora_alpha: float = 16.0
@@ -165,8 +167,20 @@ class RunConfig:
             raise ConfigError(f"--top_k_layers ({self.top_k_layers}) must not exceed --n_layer ({self.model.n_layer})")
         if self.sft_source not in ("", "stdlib") and (problem := python_folder_problem(self.sft_source)):
             raise ConfigError(f"--sft_source {problem}, or stdlib")
+        if self.own_answers_from and (problem := sampler_run_problem(self.own_answers_from, self.out_dir)):
+            raise ConfigError(f"--own_answers_from {problem}")
         if self.ft_metric == "pass@1" and self.ft_pass_tasks <= 0:
             raise ConfigError("--ft_metric pass@1 needs validation tasks to run; set --ft_pass_tasks N (e.g. 20)")
+
+
+def sampler_run_problem(path: str, out_dir: str) -> str:
+    """What keeps `path` from being a run whose fine-tuned model can sample own answers ("" if nothing)."""
+    run = Path(path).expanduser()
+    if run.resolve() == Path(out_dir).expanduser().resolve():
+        return f"{path!r} is this run: its fine-tuning would replace the sampler; give another run's directory"
+    if not any((run / "finetune" / name).is_file() for name in ("adapter_model.safetensors", "model.safetensors")):
+        return f"{path!r} holds no fine-tuned model (finetune/); give a finished run's directory"
+    return ""
 
 
 PRESETS: dict[str, RunConfig] = {

@@ -10,8 +10,9 @@ import json
 import pytest
 import torch
 
+from minilm import checkpoint as ckpt
 from minilm.checkpoint import save_weights, trainable_state
-from minilm.config import PRESETS, ModelConfig
+from minilm.config import PRESETS, ConfigError, ModelConfig
 from minilm.data import sft
 from minilm.data.tasks import generate_suite
 from minilm.data.tasks.steps import STEP_FAMILY_NAMES
@@ -155,3 +156,49 @@ def test_steps_only_samples_the_first_multi_step_tasks_and_nothing_else():
     assert len(steps) == 12 and all(t["family"] in STEP_FAMILY_NAMES for t in steps)
     assert steps == [t for t in every if t["family"] in STEP_FAMILY_NAMES][:12]  # in the train split's order
     assert any(t["family"] not in STEP_FAMILY_NAMES for t in every[:12])  # the filter removed some
+
+
+@pytest.fixture(scope="module")
+def sampler_run(run_dir, tmp_path_factory):
+    """Another run whose fine-tuned model (full weights, not the base's) samples own answers."""
+    run = tmp_path_factory.mktemp("sampler")
+    (run / "tokenizer.json").write_bytes((run_dir / "tokenizer.json").read_bytes())
+    torch.manual_seed(1)
+    model = GPT(ModelConfig(vocab_size=Tokenizer.load(str(run / "tokenizer.json")).vocab_size, block_size=192,
+                            n_layer=1, n_head=2, n_embd=32))
+    (run / "finetune").mkdir()
+    save_weights(run / "finetune" / "model.safetensors", trainable_state(model, trainable_only=False), model.config)
+    return run
+
+
+def test_own_answers_from_samples_with_that_runs_fine_tuned_model_and_keys_on_its_files(
+        run_dir, sampler_run, monkeypatch):
+    seen = []
+    generation = ScriptedGeneration()
+    monkeypatch.setattr(evaluate, "generate_completions",
+                        lambda model, *args: seen.append(model.lm_head.weight.detach().clone()) or generation(model, *args))
+    cfg = config(run_dir, own_answers_from=str(sampler_run))
+    summary = stage.run_own_answers(cfg, resume=False, log=lambda *a: None)
+    expected = ckpt.load_run(sampler_run, stage="finetune")[0].lm_head.weight
+    assert seen and all(torch.equal(weight, expected) for weight in seen)
+    assert str(sampler_run) in summary["sampler"]
+    key = reuse.stage_key(cfg, "own_answers")
+    assert key != reuse.stage_key(config(run_dir), "own_answers")  # the base samples otherwise
+    weights = sampler_run / "finetune" / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        torch.manual_seed(2)  # a new fine-tuning of the sampler run: its answers are sampled again
+        model = GPT(ckpt.load_run(sampler_run, stage="finetune")[0].config)
+        save_weights(weights, trainable_state(model, trainable_only=False), model.config)
+        assert reuse.stage_key(cfg, "own_answers") != key
+    finally:
+        weights.write_bytes(original)
+
+
+@pytest.mark.parametrize("sampler, message", [("no_finetune", r"holds no fine-tuned model \(finetune/\)"),
+                                              ("itself", "is this run: its fine-tuning would replace the sampler")])
+def test_own_answers_from_needs_another_finished_run(run_dir, tmp_path, sampler, message):
+    (tmp_path / "no_finetune").mkdir()
+    path = str(run_dir) if sampler == "itself" else str(tmp_path / sampler)
+    with pytest.raises(ConfigError, match=message):
+        config(run_dir, own_answers_from=path)

@@ -1,8 +1,11 @@
-"""The own_answers stage: the pretrained model's own verified answers, as fine-tuning targets.
+"""The own_answers stage: the model's own verified answers, as fine-tuning targets.
 
     RUN_DIR/pretrain/model.safetensors -> k answers sampled per training task -> each run against
     the task's tests in the sandbox -> RUN_DIR/own_answers/answers.jsonl (one line per task: the
     first passing answer's code, or null) and summary.json (how many tasks got one)
+
+With own_answers_from, another run's fine-tuned model samples instead of the base: STaR's next
+round, for tasks the base almost never solves (the multi-step families, own_answers_steps_only).
 
 Fine-tuning (minilm/stages/finetune.py) then trains on a task's own answer where it has one and on
 the suite's reference where none passed: rejection-sampling fine-tuning (STaR, Zelikman et al.
@@ -125,7 +128,10 @@ def run_own_answers(cfg: RunConfig, resume: bool = True, log=print) -> Optional[
     done_before = sum(task["task_id"] in answers for task in tasks)
     log(f"{STAGE}: {cfg.own_answers_samples} answers per task at temperature {cfg.own_answers_temperature} "
         f"for {len(tasks)} training tasks ({done_before} done before)")
-    model, tok = ckpt.load_run(run_dir, stage="pretrain", device=device)
+    sampler = Path(cfg.own_answers_from).expanduser() if cfg.own_answers_from else None
+    if sampler:  # STaR's next round: a model fine-tuned before answers (its tokenizer is its own)
+        log(f"{STAGE}: sampling with the fine-tuned model of {sampler}")
+    model, tok = ckpt.load_run(sampler or run_dir, stage="finetune" if sampler else "pretrain", device=device)
     progress = progress_logger(f"{STAGE}: sampling", log)
     for start in range(0, len(tasks), CHUNK):  # fixed chunks, each with its own seed
         chunk = tasks[start:start + CHUNK]
@@ -143,6 +149,7 @@ def run_own_answers(cfg: RunConfig, resume: bool = True, log=print) -> Optional[
             os.fsync(f.fileno())
         progress(start + len(chunk), len(tasks))
     summary = summarize(tasks, answers, cfg.own_answers_samples)
+    summary["sampler"] = f"the fine-tuned model of {sampler}" if sampler else "the base"
     ckpt.write_json_atomic(work / SUMMARY_FILE, summary)
     publish_stage(run_dir / STAGE)
     log(f"{STAGE}: {summary['with_own_answer']} of {summary['tasks']} tasks got a passing answer of the "

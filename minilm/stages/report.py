@@ -45,7 +45,8 @@ def report_markdown(report: dict) -> str:
              "- wall time: " + ", ".join(f"{s} {t:.0f} s" for s, t in report["stage_seconds"].items())
              + f" (total {sum(report['stage_seconds'].values()):.0f} s)",
              *([f"- own answers: {own['with_own_answer']} of {own['tasks']} sampled training tasks "
-                f"({own['samples_per_task']} samples each) target a passing answer of the base's own"]
+                f"({own['samples_per_task']} samples each from {own.get('sampler', 'the base')}) target a "
+                "passing answer of the model's own"]
                if (own := report.get("own_answers")) else []),
              *([f"- fine-tuned also on functions mined from {mined['source']}: {mined['summary']}"]
                if (mined := report.get("mined")) else []), "",

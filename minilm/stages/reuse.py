@@ -56,11 +56,11 @@ STAGE_FIELDS = {
 IMPORT_FIELDS = {"tokenizer": ("init",), "pretrain": ("init", "model")}
 
 # Fields keyed otherwise: task_train_size and task_steps_weight through the task suite's fingerprint
-# (stage_key), and those no stage's result depends on (where files go, how often to log or
+# (stage_key), own_answers_from through its run's model files, and those no stage's result depends on (where files go, how often to log or
 # checkpoint, the device).
 # Every RunConfig field is in STAGE_FIELDS, IMPORT_FIELDS or here (tests/test_pipeline.py checks
 # it), so a new field has to be placed.
-UNKEYED_FIELDS = ("task_train_size", "task_steps_weight", "out_dir", "data_dir", "device", "compile", "log_interval",
+UNKEYED_FIELDS = ("task_train_size", "task_steps_weight", "own_answers_from", "out_dir", "data_dir", "device", "compile", "log_interval",
                   "ckpt_interval", "peak_flops")
 
 # The files a stage's result depends on: the outputs of the stages before it. Fine-tuning reads
@@ -107,6 +107,10 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
                    "pretrain": cfg.pretrain_task_mix > 0 and not cfg.init}
     if reads_suite.get(stage, False):
         inputs["suite"] = suite_fingerprint(cfg.task_seed, cfg.task_train_size, cfg.task_steps_weight)
+    if stage == "own_answers" and cfg.own_answers_from:  # another run's fine-tuned model samples
+        sampler = Path(cfg.own_answers_from).expanduser()
+        inputs["sampler"] = {name: ckpt.file_sha256(sampler / name) for name in STAGE_INPUTS["eval"]
+                             if (sampler / name).is_file()}
     if stage == "finetune" and cfg.sft_source:  # the mined files and the miner's code: a changed folder counts
         inputs["mined"] = source_fingerprint(cfg.sft_source)
     if stage == "eval" and cfg.eval_requests:  # the requests file is frozen, but a deliberate change counts
