@@ -96,7 +96,7 @@ def test_finetuning_on_a_folder_logs_and_records_what_was_mined(tmp_path):
     assert record["counts"]["functions"] == 2 and record["counts"]["verified"] == 1
     notes = report_stage.training_data_notes(cfg)  # the run's report says it too
     assert notes["mined"] == record
-    line = f"- fine-tuned also on functions mined from {cfg.sft_source}: {record['summary']}"
+    line = f"- fine-tuning data from --sft_source: {record['summary']}"
     assert line in report_stage.report_markdown({
         "run_dir": "r", "device": "cpu", "model_config": {}, "pretrained": "a base", "stage_seconds": {},
         "results": {}, **notes}).splitlines()

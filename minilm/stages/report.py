@@ -48,7 +48,7 @@ def report_markdown(report: dict) -> str:
                 f"({own['samples_per_task']} samples each from {own.get('sampler', 'the base')}) target a "
                 "passing answer of the model's own"]
                if (own := report.get("own_answers")) else []),
-             *([f"- fine-tuned also on functions mined from {mined['source']}: {mined['summary']}"]
+             *([f"- fine-tuning data from --sft_source: {mined['summary']}"]
                if (mined := report.get("mined")) else []), "",
              "| split | kind | tasks | before fine-tuning [95% CI] | after fine-tuning [95% CI] | flips (+ / -) "
              "| p | verdict |", "|---|---|---|---|---|---|---|---|"]
