@@ -127,8 +127,8 @@ class RunConfig:
     own_answers_samples: int = 0
     own_answers_tasks: int = 500
     own_answers_temperature: float = 0.7
-    own_answers_steps_only: bool = False  # sample only the multi-step families' tasks (the one-step ones teach nothing new)
-    own_answers_from: str = ""  # another finished run whose fine-tuned model samples instead of the base (STaR's next round)
+    own_answers_steps_only: bool = False  # sample only the multi-step families' tasks (one-step ones teach nothing)
+    own_answers_from: str = ""  # another finished run whose fine-tuned model samples, not the base (STaR's next round)
     loraplus_ratio: float = 1.0  # LoRA+: lr of the B matrices / lr of A (1 = plain LoRA)
     lora_r: int = 8
     lora_alpha: float = 16.0

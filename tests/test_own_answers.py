@@ -173,10 +173,12 @@ def sampler_run(run_dir, tmp_path_factory):
 
 def test_own_answers_from_samples_with_that_runs_fine_tuned_model_and_keys_on_its_files(
         run_dir, sampler_run, monkeypatch):
-    seen = []
-    generation = ScriptedGeneration()
-    monkeypatch.setattr(evaluate, "generate_completions",
-                        lambda model, *args: seen.append(model.lm_head.weight.detach().clone()) or generation(model, *args))
+    seen, generation = [], ScriptedGeneration()
+
+    def generate_and_record_the_sampler(model, *args):
+        seen.append(model.lm_head.weight.detach().clone())
+        return generation(model, *args)
+    monkeypatch.setattr(evaluate, "generate_completions", generate_and_record_the_sampler)
     cfg = config(run_dir, own_answers_from=str(sampler_run))
     summary = stage.run_own_answers(cfg, resume=False, log=lambda *a: None)
     expected = ckpt.load_run(sampler_run, stage="finetune")[0].lm_head.weight

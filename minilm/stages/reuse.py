@@ -56,12 +56,12 @@ STAGE_FIELDS = {
 IMPORT_FIELDS = {"tokenizer": ("init",), "pretrain": ("init", "model")}
 
 # Fields keyed otherwise: task_train_size and task_steps_weight through the task suite's fingerprint
-# (stage_key), own_answers_from through its run's model files, and those no stage's result depends on (where files go, how often to log or
-# checkpoint, the device).
+# (stage_key), own_answers_from through its run's model files, and those no stage's result depends
+# on (where files go, how often to log or checkpoint, the device).
 # Every RunConfig field is in STAGE_FIELDS, IMPORT_FIELDS or here (tests/test_pipeline.py checks
 # it), so a new field has to be placed.
-UNKEYED_FIELDS = ("task_train_size", "task_steps_weight", "own_answers_from", "out_dir", "data_dir", "device", "compile", "log_interval",
-                  "ckpt_interval", "peak_flops")
+UNKEYED_FIELDS = ("task_train_size", "task_steps_weight", "own_answers_from", "out_dir", "data_dir", "device",
+                  "compile", "log_interval", "ckpt_interval", "peak_flops")
 
 # The files a stage's result depends on: the outputs of the stages before it. Fine-tuning reads
 # the own answers only while the own_answers stage is on (own_answers_samples > 0).
